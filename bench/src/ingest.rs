@@ -1,0 +1,285 @@
+//! The ingest benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use imprint_bench::{Fleet, FleetSpec};
+use imprint_proto::ingest_v1::FingerprintBatch;
+use imprint_proto::ingest_v1::ingest_client::IngestClient;
+use imprint_server::engine::buffer::Buffer;
+use prost::Message;
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Agent counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    agents: Vec<usize>,
+    #[arg(long, default_value_t = 200)]
+    images: usize,
+    #[arg(long, default_value_t = 5)]
+    containers_per_image: usize,
+    /// 30 s windows per run.
+    #[arg(long, default_value_t = 12)]
+    windows: i64,
+    /// Fingerprints per batch (an agent's batch covers many containers).
+    #[arg(long, default_value_t = 64)]
+    batch_fingerprints: usize,
+    /// Directory with the imprintd binary [default: next to this binary].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where to put the benchmark's data [default: a temporary directory].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// Re-batches the fleet's fingerprints into batches of `n` from one agent.
+fn agent_batches(fleet: &mut Fleet, windows: i64, n: usize) -> Vec<FingerprintBatch> {
+    let mut fps = Vec::new();
+    for w in 0..windows {
+        for node in fleet.window(w) {
+            fps.extend(node);
+        }
+    }
+    fps.chunks(n)
+        .map(|c| FingerprintBatch {
+            agent_id: String::new(),
+            seq: 0,
+            fingerprints: c.to_vec(),
+        })
+        .collect()
+}
+
+fn items(batches: &[FingerprintBatch]) -> u64 {
+    batches
+        .iter()
+        .flat_map(|b| &b.fingerprints)
+        .map(|f| f.items.len() as u64)
+        .sum()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The engine's own ceiling: decode the encoded batches and append them to the
+/// write buffer in process — no network, no WAL.
+fn ceiling(encoded: &[Vec<u8>]) -> (f64, u64) {
+    let mut buffer = Buffer::default();
+    let start = Instant::now();
+    let mut n = 0;
+    for (i, bytes) in encoded.iter().enumerate() {
+        let b = FingerprintBatch::decode(bytes.as_slice()).expect("decodes");
+        n += buffer.apply(i as u64 + 1, &b, &|_| false);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (n as f64 / secs, n)
+}
+
+struct Server {
+    child: Child,
+    grpc: String,
+}
+
+impl Server {
+    fn start(bin_dir: &Path, data: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let grpc = format!("127.0.0.1:{port}");
+        let child = Command::new(bin_dir.join("imprintd"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args([
+                "--grpc-addr",
+                &grpc,
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .args(["--max-buffer-bytes", "4GiB"])
+            .env("IMPRINT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start imprintd");
+        while std::net::TcpStream::connect(&grpc).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            grpc: format!("http://{grpc}"),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+struct RunResult {
+    agents: usize,
+    items_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn end_to_end(
+    server: &str,
+    batches: &[FingerprintBatch],
+    agents: usize,
+    tag: &str,
+) -> RunResult {
+    let per_agent: Vec<Vec<FingerprintBatch>> = (0..agents)
+        .map(|a| {
+            batches
+                .iter()
+                .skip(a)
+                .step_by(agents)
+                .enumerate()
+                .map(|(i, b)| FingerprintBatch {
+                    agent_id: format!("bench-{tag}-{a}"),
+                    seq: i as u64 + 1,
+                    fingerprints: b.fingerprints.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    let total = items(batches);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mine in per_agent {
+        let server = server.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestClient::connect(server)
+                .await
+                .expect("connect")
+                .max_encoding_message_size(64 << 20);
+            let mut lat = Vec::with_capacity(mine.len());
+            for b in mine {
+                let t = Instant::now();
+                client.push(b).await.expect("push");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("agent task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    RunResult {
+        agents,
+        items_per_sec: total as f64 / secs,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+fn dir_bytes(dir: &Path, ext: &str) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += dir_bytes(&p, ext);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+pub async fn run(args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("exe")
+            .parent()
+            .expect("dir")
+            .to_path_buf()
+    });
+    let tmp = tempfile::tempdir()?;
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let spec = FleetSpec {
+        images: args.images,
+        containers_per_image: args.containers_per_image,
+        nodes: 16,
+        start_micros: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as i64
+            - (args.windows + 2) * 30_000_000,
+        ..Default::default()
+    };
+    eprintln!(
+        "generating {} images × {} containers × {} windows ...",
+        spec.images, spec.containers_per_image, args.windows
+    );
+    let mut fleet = Fleet::new(spec);
+    let batches = agent_batches(&mut fleet, args.windows, args.batch_fingerprints);
+    let total = items(&batches);
+    let encoded: Vec<Vec<u8>> = batches.iter().map(|b| b.encode_to_vec()).collect();
+    let mb: usize = encoded.iter().map(Vec::len).sum::<usize>() >> 20;
+    eprintln!("{} batches, {total} items, {mb} MiB encoded", batches.len());
+
+    // Interleave the ceiling with the end-to-end runs: the machines are noisy.
+    let mut ceilings = Vec::new();
+    let mut results = Vec::new();
+    for &agents in &args.agents {
+        ceilings.push(ceiling(&encoded).0);
+        let data = work.join(format!("run-{agents}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let server = Server::start(&bin_dir, &data);
+        let r = end_to_end(&server.grpc, &batches, agents, &agents.to_string()).await;
+        eprintln!("{agents:>2} agents: {:.0} items/s", r.items_per_sec);
+        server.stop();
+        let parquet = dir_bytes(&data.join("fingerprints"), "parquet");
+        results.push((r, parquet));
+    }
+    ceilings.push(ceiling(&encoded).0);
+    ceilings.sort_by(f64::total_cmp);
+    let ceiling_median = ceilings[ceilings.len() / 2];
+
+    println!(
+        "\n## Ingest: {total} items per run ({} batches of {} fingerprints)\n",
+        batches.len(),
+        args.batch_fingerprints
+    );
+    println!(
+        "in-process ceiling (decode + append to buffer, no network, no WAL): {ceiling_median:.0} items/s (median of {})\n",
+        ceilings.len()
+    );
+    println!(
+        "| agents | items/s end to end | ratio to ceiling | ack p50 | ack p99 | Parquet bytes/item |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (r, parquet) in &results {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {:.3} |",
+            r.agents,
+            r.items_per_sec,
+            r.items_per_sec / ceiling_median,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            *parquet as f64 / total as f64
+        );
+    }
+    Ok(())
+}

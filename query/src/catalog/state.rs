@@ -1,0 +1,112 @@
+//! The catalog's state and the commits that change it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::PartitionKey;
+use crate::schema::StoredTable;
+
+/// One live Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Object path relative to the store root.
+    pub path: String,
+    pub table: StoredTable,
+    /// Image digest of every row in the file.
+    pub image: String,
+    /// Start of the file's hour, microseconds since the epoch.
+    pub hour: i64,
+    /// Smallest and largest `time` in the file, microseconds since the epoch.
+    pub min_time: i64,
+    pub max_time: i64,
+    pub rows: u64,
+    /// Size of the object in bytes.
+    pub bytes: u64,
+}
+
+impl FileEntry {
+    pub fn partition(&self) -> PartitionKey {
+        PartitionKey {
+            image: self.image.clone(),
+            hour: self.hour,
+        }
+    }
+}
+
+/// A set of u64 as sorted, disjoint, inclusive ranges: agents number their batches
+/// contiguously, so the seqs an agent has applied are usually one range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRanges(pub Vec<(u64, u64)>);
+
+/// One catalog commit: the log object `catalog/log/<seq>.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub seq: u64,
+    /// When it was written, microseconds since the epoch (informational).
+    pub time_micros: i64,
+    /// Files that became live.
+    #[serde(default)]
+    pub add: Vec<FileEntry>,
+    /// Paths of files that stopped being live (compaction, retention).
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Per partition (`PartitionKey::id`), the highest WAL record whose rows of that
+    /// partition are all in live files. Replay skips those rows.
+    #[serde(default)]
+    pub wal_watermarks: BTreeMap<String, u64>,
+    /// Watermarks below this WAL seq are dropped: those records are no longer in any
+    /// WAL, so nothing will replay them.
+    #[serde(default)]
+    pub forget_watermarks_below: Option<u64>,
+    /// When present, replaces the agent → applied batch seqs map.
+    #[serde(default)]
+    pub agent_seqs: Option<BTreeMap<String, SeqRanges>>,
+}
+
+/// Everything the catalog knows, as of commit `seq`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// The last commit applied; 0 for an empty store.
+    pub seq: u64,
+    /// Live files by path.
+    pub files: BTreeMap<String, FileEntry>,
+    pub wal_watermarks: BTreeMap<String, u64>,
+    pub agent_seqs: BTreeMap<String, SeqRanges>,
+}
+
+impl CatalogState {
+    /// Applies one commit. Deterministic: the state is a function of the log.
+    pub fn apply(&mut self, commit: &Commit) {
+        self.seq = commit.seq;
+        for path in &commit.remove {
+            self.files.remove(path);
+        }
+        for f in &commit.add {
+            self.files.insert(f.path.clone(), f.clone());
+        }
+        for (p, &w) in &commit.wal_watermarks {
+            let e = self.wal_watermarks.entry(p.clone()).or_insert(0);
+            *e = (*e).max(w);
+        }
+        if let Some(below) = commit.forget_watermarks_below {
+            self.wal_watermarks.retain(|_, w| *w >= below);
+        }
+        if let Some(seqs) = &commit.agent_seqs {
+            self.agent_seqs = seqs.clone();
+        }
+    }
+
+    /// The live files of one table.
+    pub fn files_of(&self, table: StoredTable) -> impl Iterator<Item = &FileEntry> {
+        self.files.values().filter(move |f| f.table == table)
+    }
+
+    /// The WAL watermark of one partition (0 when none).
+    pub fn watermark(&self, partition: &PartitionKey) -> u64 {
+        self.wal_watermarks
+            .get(&partition.id())
+            .copied()
+            .unwrap_or(0)
+    }
+}

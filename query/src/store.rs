@@ -1,0 +1,225 @@
+//! Opening a store: a local directory or an S3 bucket (with an optional prefix),
+//! and a DataFusion session over its tables.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use url::Url;
+
+use crate::catalog::{Catalog, CatalogState};
+use crate::error::{Error, Result};
+use crate::prune::PartitionFilter;
+use crate::schema::StoredTable;
+use crate::table::{ImprintTable, STORE_URL, TableView, ViewSource, prune_files};
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory (created if missing).
+    Local(PathBuf),
+    /// An S3 bucket; credentials and region come from the usual `AWS_*` variables.
+    S3 {
+        bucket: String,
+        prefix: Option<String>,
+        endpoint: Option<String>,
+    },
+}
+
+impl StoreLocation {
+    /// `s3://bucket[/prefix]` or a filesystem path (`file://` optional).
+    pub fn parse(location: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidLocation {
+            location: location.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let url = Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| invalid("no bucket"))?;
+            let prefix = rest[bucket.len()..].trim_matches('/');
+            return Ok(StoreLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+                endpoint: None,
+            });
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(invalid("only local paths, file:// and s3:// are supported"));
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if path.is_empty() {
+            return Err(invalid("empty path"));
+        }
+        Ok(StoreLocation::Local(PathBuf::from(path)))
+    }
+
+    /// Builds the object store for this location.
+    pub fn object_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        match self {
+            StoreLocation::Local(path) => {
+                std::fs::create_dir_all(path).map_err(|e| Error::InvalidLocation {
+                    location: path.display().to_string(),
+                    reason: format!("cannot create directory: {e}"),
+                })?;
+                Ok(Arc::new(LocalFileSystem::new_with_prefix(path)?))
+            }
+            StoreLocation::S3 {
+                bucket,
+                prefix,
+                endpoint,
+            } => {
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(ep) = endpoint {
+                    b = b
+                        .with_endpoint(ep)
+                        .with_allow_http(ep.starts_with("http://"));
+                }
+                let s3: Arc<dyn ObjectStore> = Arc::new(b.build()?);
+                Ok(match prefix {
+                    Some(p) => Arc::new(PrefixStore::new(s3, p.as_str())),
+                    None => s3,
+                })
+            }
+        }
+    }
+}
+
+/// Builds a DataFusion session with Imprint's tables over `object_store`, each
+/// reading the views `source` gives.
+pub fn new_session(
+    object_store: Arc<dyn ObjectStore>,
+    source: Arc<dyn ViewSource>,
+    config: SessionConfig,
+    runtime: RuntimeEnvBuilder,
+) -> Result<SessionContext> {
+    let runtime = runtime.build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let url = Url::parse(STORE_URL).expect("constant URL");
+    ctx.register_object_store(&url, object_store);
+    for t in StoredTable::ALL {
+        ctx.register_table(t.name(), Arc::new(ImprintTable::new(t, source.clone())))?;
+    }
+    Ok(ctx)
+}
+
+/// Session settings Imprint uses everywhere.
+pub fn default_session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(true)
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true)
+}
+
+/// A store opened without a server (batch jobs, tools): sees every committed file.
+#[derive(Debug)]
+pub struct Store {
+    object_store: Arc<dyn ObjectStore>,
+    catalog: Arc<CatalogState>,
+}
+
+/// The committed files alone, as a [`ViewSource`].
+#[derive(Debug)]
+struct CommittedFiles(Arc<CatalogState>);
+
+impl ViewSource for CommittedFiles {
+    fn view(
+        &self,
+        table: StoredTable,
+        filter: &PartitionFilter,
+    ) -> datafusion::error::Result<TableView> {
+        let files: Vec<_> = self.0.files_of(table).cloned().collect();
+        Ok(TableView {
+            batches: vec![],
+            files: prune_files(&files, filter),
+        })
+    }
+}
+
+impl Store {
+    /// Opens `location` (a path, `file://…` or `s3://bucket[/prefix]`).
+    pub async fn open(location: &str) -> Result<Self> {
+        Self::open_object_store(StoreLocation::parse(location)?.object_store()?).await
+    }
+
+    pub async fn open_object_store(object_store: Arc<dyn ObjectStore>) -> Result<Self> {
+        let catalog = Catalog::load(object_store.clone()).await?;
+        Ok(Self {
+            object_store,
+            catalog: Arc::new(catalog.state().clone()),
+        })
+    }
+
+    /// Re-reads the catalog, to see files committed since opening.
+    pub async fn refresh(&mut self) -> Result<()> {
+        let catalog = Catalog::load(self.object_store.clone()).await?;
+        self.catalog = Arc::new(catalog.state().clone());
+        Ok(())
+    }
+
+    pub fn catalog(&self) -> &CatalogState {
+        &self.catalog
+    }
+
+    /// A session over the committed data as of the last open or refresh.
+    pub fn session(&self) -> Result<SessionContext> {
+        new_session(
+            self.object_store.clone(),
+            Arc::new(CommittedFiles(self.catalog.clone())),
+            default_session_config(),
+            RuntimeEnvBuilder::new(),
+        )
+    }
+
+    /// Runs one SQL query and collects its result.
+    pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.session()?.sql(query).await?.collect().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            StoreLocation::parse("s3://bkt/some/prefix/").unwrap(),
+            StoreLocation::S3 {
+                bucket: "bkt".into(),
+                prefix: Some("some/prefix".into()),
+                endpoint: None
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("s3://bkt").unwrap(),
+            StoreLocation::S3 {
+                bucket: "bkt".into(),
+                prefix: None,
+                endpoint: None
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("./x").unwrap(),
+            StoreLocation::Local("./x".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("file:///x").unwrap(),
+            StoreLocation::Local("/x".into())
+        );
+        assert!(
+            StoreLocation::parse("gs://x")
+                .unwrap_err()
+                .to_string()
+                .contains("gs://x")
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The table provider behind every stored table: rows still in the server's write
+//! buffer, unioned with the table's live Parquet files, both pruned by partition
+//! before anything is read.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::DFSchema;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::catalog::FileEntry;
+use crate::prune::PartitionFilter;
+use crate::schema::StoredTable;
+
+/// What one scan of a table sees. Both halves must come from one consistent moment:
+/// rows move from the buffer to a file in one step that a view never straddles.
+#[derive(Debug, Default)]
+pub struct TableView {
+    /// Rows in memory, already restricted to partitions the filter allows.
+    pub batches: Vec<RecordBatch>,
+    /// Live files, already restricted to partitions the filter allows.
+    pub files: Vec<FileEntry>,
+}
+
+/// Gives a consistent [`TableView`] of a table: the server's write buffer plus
+/// catalog, or, embedded, the catalog alone.
+pub trait ViewSource: Send + Sync + Debug {
+    fn view(&self, table: StoredTable, filter: &PartitionFilter) -> DfResult<TableView>;
+}
+
+/// The URL under which the store's object store is registered in the session.
+pub const STORE_URL: &str = "imprint://store/";
+
+#[derive(Debug)]
+pub struct ImprintTable {
+    table: StoredTable,
+    source: Arc<dyn ViewSource>,
+}
+
+impl ImprintTable {
+    pub fn new(table: StoredTable, source: Arc<dyn ViewSource>) -> Self {
+        Self { table, source }
+    }
+}
+
+/// Files and the filter of one scan, after pruning.
+pub fn prune_files(files: &[FileEntry], filter: &PartitionFilter) -> Vec<FileEntry> {
+    files
+        .iter()
+        .filter(|f| filter.allows_image(&f.image) && filter.allows_times(f.min_time, f.max_time))
+        .cloned()
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for ImprintTable {
+    fn schema(&self) -> SchemaRef {
+        self.table.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Inexact: used to skip partitions, files and row groups; DataFusion still
+        // applies every filter to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.table.schema();
+        let filter = PartitionFilter::from_exprs(filters);
+        let view = self.source.view(self.table, &filter)?;
+        let files = prune_files(&view.files, &filter);
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+
+        if !view.batches.is_empty() {
+            let mem =
+                MemorySourceConfig::try_new(&[view.batches], schema.clone(), projection.cloned())?
+                    .with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(schema.clone());
+            if let Some(predicate) = conjunction(filters.to_vec()) {
+                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            }
+            let groups = file_groups(&files, state.config().target_partitions());
+            let config =
+                FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORE_URL)?, Arc::new(source))
+                    .with_file_groups(groups)
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit)
+                    .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+
+        match inputs.len() {
+            0 => {
+                let projected = match projection {
+                    Some(p) => Arc::new(schema.project(p)?),
+                    None => schema,
+                };
+                Ok(Arc::new(EmptyExec::new(projected)))
+            }
+            _ => UnionExec::try_new(inputs),
+        }
+    }
+}
+
+/// Spreads files over `n` groups of about equal bytes, so a scan uses every core.
+fn file_groups(files: &[FileEntry], n: usize) -> Vec<FileGroup> {
+    let n = n.max(1).min(files.len());
+    let mut sorted: Vec<&FileEntry> = files.iter().collect();
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.bytes));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
+    for f in sorted {
+        let g = groups.iter_mut().min_by_key(|(b, _)| *b).expect("n >= 1");
+        g.0 += f.bytes;
+        g.1.push(PartitionedFile::new(f.path.clone(), f.bytes));
+    }
+    groups
+        .into_iter()
+        .map(|(_, files)| FileGroup::new(files))
+        .collect()
+}

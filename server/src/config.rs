@@ -1,0 +1,156 @@
+//! `imprintd serve` flags. Every flag is also an `IMPRINT_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectStoreKind {
+    /// Files under --data-dir.
+    Local,
+    /// An S3 bucket (or any S3-compatible server, with --endpoint).
+    S3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Data directory. With the local object store, the Parquet files and catalog
+    /// live here (hive layout, readable by DuckDB/Spark/pandas); the WAL lives in
+    /// its `wal/` subdirectory unless --wal-dir says otherwise.
+    #[arg(long, env = "IMPRINT_DATA_DIR", default_value = "./imprint-data")]
+    pub data_dir: PathBuf,
+
+    /// Where Parquet files and the catalog are kept.
+    #[arg(long, env = "IMPRINT_OBJECT_STORE", value_enum, default_value_t = ObjectStoreKind::Local)]
+    pub object_store: ObjectStoreKind,
+
+    /// S3 bucket (with --object-store s3). Credentials and region come from the
+    /// usual AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION variables.
+    #[arg(long, env = "IMPRINT_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// Key prefix inside the bucket, so several stores can share one bucket.
+    #[arg(long, env = "IMPRINT_PREFIX")]
+    pub prefix: Option<String>,
+
+    /// S3 endpoint URL for S3-compatible servers (MinIO, Ceph, moto, ...).
+    /// http:// endpoints are allowed.
+    #[arg(long, env = "IMPRINT_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// Write-ahead log directory. Always a local disk: acks wait for its fsync.
+    /// [default: <data-dir>/wal]
+    #[arg(long, env = "IMPRINT_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// gRPC listen address: ingest and Arrow Flight SQL.
+    #[arg(long, env = "IMPRINT_GRPC_ADDR", default_value = "127.0.0.1:7340")]
+    pub grpc_addr: SocketAddr,
+
+    /// HTTP listen address: /healthz.
+    #[arg(long, env = "IMPRINT_HTTP_ADDR", default_value = "127.0.0.1:7341")]
+    pub http_addr: SocketAddr,
+
+    /// Memory bound of the write buffer. At the bound, ingest answers
+    /// RESOURCE_EXHAUSTED and persistence is forced. Suffixes: KiB, MiB, GiB.
+    #[arg(long, env = "IMPRINT_MAX_BUFFER_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_buffer_bytes: u64,
+
+    /// A partition (image × hour) is written to Parquet when it holds this much.
+    #[arg(long, env = "IMPRINT_PERSIST_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub persist_bytes: u64,
+
+    /// ...or when its oldest buffered row is this old. Suffixes: ms, s, m, h, d.
+    #[arg(long, env = "IMPRINT_PERSIST_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub persist_age: Duration,
+
+    /// The WAL starts a new segment file at this size.
+    #[arg(long, env = "IMPRINT_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub wal_segment_bytes: u64,
+
+    /// Log format. The level is set with IMPRINT_LOG (or RUST_LOG), e.g. "info" or
+    /// "imprint_server=debug".
+    #[arg(long, env = "IMPRINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `1024`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: expected e.g. 64MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `250ms`, `30s`, `5m`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 5m, 24h"))?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?}: use ms, s, m, h or d"
+            ));
+        }
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(
+            parse_bytes("12XB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
+    }
+}

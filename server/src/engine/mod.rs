@@ -1,0 +1,529 @@
+//! The storage engine: WAL → write buffer → Parquet → catalog.
+//!
+//! Ingest path. A validated batch goes to the single writer thread, which takes
+//! every batch waiting (group commit), drops the ones already applied (by
+//! `(agent_id, seq)`), appends the rest to the WAL with one fsync, records them as
+//! applied and appends their rows to the write buffer — then acks. Order matters:
+//! a batch is marked applied only once it is durable, and before its rows can be
+//! persisted, so every catalog commit's saved seqs cover every persisted row.
+//!
+//! Persist path. A partition due (by age, size, memory pressure or shutdown) is
+//! taken out of the active buffer (still visible to queries), encoded as Parquet,
+//! written to the object store, and committed to the catalog together with its WAL
+//! watermark and the applied seqs. Then, in one step under the buffer lock, the
+//! query view switches from the buffered rows to the file. Finally WAL segments no
+//! buffered row needs are deleted. A crash between any two steps loses nothing
+//! (the WAL still has it) and duplicates nothing (replay skips rows at or below
+//! their partition's committed watermark; an uncommitted file is never visible).
+
+pub mod buffer;
+pub mod parquet;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionContext;
+use imprint_proto::ingest_v1::{FingerprintBatch, PushAck};
+use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry};
+use imprint_query::prune::PartitionFilter;
+use imprint_query::schema::StoredTable;
+use imprint_query::store::{default_session_config, new_session};
+use imprint_query::table::{TableView, ViewSource, prune_files};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::dedup::AppliedSeqs;
+use crate::validate::{Invalid, validate_batch};
+use crate::wal::{Wal, WalError};
+use buffer::{Buffer, PersistJob};
+
+/// Engine settings (the server's flags fill them in).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub wal_dir: PathBuf,
+    pub wal_segment_bytes: u64,
+    /// Ingest answers RESOURCE_EXHAUSTED at this many buffered bytes.
+    pub max_buffer_bytes: usize,
+    /// A partition is persisted at this size...
+    pub persist_partition_bytes: usize,
+    /// ...or this long after its first row.
+    pub persist_age: Duration,
+    /// How often the persister looks for due partitions.
+    pub persist_check_interval: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(wal_dir: PathBuf) -> Self {
+        Self {
+            wal_dir,
+            wal_segment_bytes: 64 << 20,
+            max_buffer_bytes: 1 << 30,
+            persist_partition_bytes: 64 << 20,
+            persist_age: Duration::from_secs(300),
+            persist_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Store(#[from] imprint_query::Error),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("WAL record {seq} does not decode as a batch: {source}")]
+    WalDecode {
+        seq: u64,
+        source: prost::DecodeError,
+    },
+    #[error("encoding Parquet: {0}")]
+    Encode(#[from] parquet::EncodeError),
+    #[error("DataFusion: {0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Why a push was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error(
+        "write buffer is full ({used} of {max} bytes): persisting to make room; \
+         retry the same batch (same seq) shortly"
+    )]
+    BufferFull { used: usize, max: usize },
+    #[error("the WAL failed and ingest is stopped until the server restarts: {0}")]
+    WalFailed(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+struct WriteRequest {
+    batch: FingerprintBatch,
+    encoded: Vec<u8>,
+    reply: oneshot::Sender<Result<PushAck, IngestError>>,
+}
+
+/// What queries see: the buffer and the catalog, switched together.
+#[derive(Debug)]
+struct Live {
+    buffer: Buffer,
+    catalog: Arc<CatalogState>,
+}
+
+#[derive(Debug)]
+struct LiveView(Arc<RwLock<Live>>);
+
+impl ViewSource for LiveView {
+    fn view(
+        &self,
+        table: StoredTable,
+        filter: &PartitionFilter,
+    ) -> datafusion::error::Result<TableView> {
+        let live = self.0.read();
+        let batches = live.buffer.view(table, filter)?;
+        let files: Vec<FileEntry> = live.catalog.files_of(table).cloned().collect();
+        Ok(TableView {
+            batches,
+            files: prune_files(&files, filter),
+        })
+    }
+}
+
+/// Shared between the engine and its writer thread.
+struct Shared {
+    wal: Mutex<Wal>,
+    applied: Mutex<AppliedSeqs>,
+    live: Arc<RwLock<Live>>,
+    buffer_bytes: AtomicUsize,
+    wal_failed: AtomicBool,
+    persist_wanted: Notify,
+    max_buffer_bytes: usize,
+}
+
+pub struct Engine {
+    object_store: Arc<dyn ObjectStore>,
+    shared: Arc<Shared>,
+    catalog: tokio::sync::Mutex<Catalog>,
+    writer: mpsc::Sender<WriteRequest>,
+    persist_lock: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    session: SessionContext,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Figures for `/healthz` and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineStats {
+    pub buffer_bytes: usize,
+    pub buffer_partitions: usize,
+    pub files: usize,
+    pub catalog_seq: u64,
+    pub wal_segments: usize,
+    pub wal_failed: bool,
+}
+
+impl Engine {
+    /// Opens the store's catalog, replays the WAL into the buffer, and starts the
+    /// writer thread.
+    pub async fn open(
+        object_store: Arc<dyn ObjectStore>,
+        config: EngineConfig,
+    ) -> Result<Arc<Self>, EngineError> {
+        let catalog = Catalog::load(object_store.clone()).await?;
+        let (wal, records) = Wal::open(&config.wal_dir, config.wal_segment_bytes)?;
+        let state = catalog.state();
+        let mut applied = AppliedSeqs::from_catalog(&state.agent_seqs);
+        let mut buffer = Buffer::default();
+        let (mut replayed_items, skipped) = (0u64, std::cell::Cell::new(0usize));
+        for r in &records {
+            let batch = FingerprintBatch::decode(r.payload.as_slice())
+                .map_err(|source| EngineError::WalDecode { seq: r.seq, source })?;
+            applied.insert(&batch.agent_id, batch.seq);
+            replayed_items += buffer.apply(r.seq, &batch, &|k| {
+                let done = state.watermark(k) >= r.seq;
+                if done {
+                    skipped.set(skipped.get() + 1);
+                }
+                done
+            });
+        }
+        if !records.is_empty() {
+            info!(
+                records = records.len(),
+                items = replayed_items,
+                fingerprints_already_persisted = skipped.get(),
+                "WAL replayed"
+            );
+        }
+        let live = Arc::new(RwLock::new(Live {
+            buffer,
+            catalog: Arc::new(state.clone()),
+        }));
+        let session = new_session(
+            object_store.clone(),
+            Arc::new(LiveView(live.clone())),
+            default_session_config(),
+            RuntimeEnvBuilder::new(),
+        )?;
+        let buffer_bytes = live.read().buffer.bytes();
+        let shared = Arc::new(Shared {
+            wal: Mutex::new(wal),
+            applied: Mutex::new(applied),
+            live,
+            buffer_bytes: AtomicUsize::new(buffer_bytes),
+            wal_failed: AtomicBool::new(false),
+            persist_wanted: Notify::new(),
+            max_buffer_bytes: config.max_buffer_bytes,
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("imprint-wal-writer".into())
+            .spawn(move || run_writer(rx, &writer_shared))
+            .map_err(|e| WalError::Io {
+                path: config.wal_dir.clone(),
+                source: e,
+            })?;
+        Ok(Arc::new(Self {
+            object_store,
+            shared,
+            catalog: tokio::sync::Mutex::new(catalog),
+            writer: tx,
+            persist_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+            session,
+            config,
+        }))
+    }
+
+    /// The SQL session over buffer and files (read your writes).
+    pub fn session(&self) -> &SessionContext {
+        &self.session
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.object_store
+    }
+
+    /// Validates, logs durably and applies one batch; resolves when it is acked.
+    pub async fn push(&self, batch: FingerprintBatch) -> Result<PushAck, IngestError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(IngestError::ShuttingDown);
+        }
+        if self.shared.wal_failed.load(Ordering::Relaxed) {
+            return Err(IngestError::WalFailed("see the server log".into()));
+        }
+        let encoded = batch.encode_to_vec();
+        validate_batch(&batch, encoded.len(), now_micros()).map_err(IngestError::Invalid)?;
+        let used = self.shared.buffer_bytes.load(Ordering::Relaxed);
+        if used >= self.config.max_buffer_bytes {
+            self.shared.persist_wanted.notify_one();
+            return Err(IngestError::BufferFull {
+                used,
+                max: self.config.max_buffer_bytes,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteRequest {
+                batch,
+                encoded,
+                reply,
+            })
+            .await
+            .map_err(|_| IngestError::WalFailed("the WAL writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| IngestError::WalFailed("the WAL writer has stopped".into()))?
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let live = self.shared.live.read();
+        EngineStats {
+            buffer_bytes: live.buffer.bytes(),
+            buffer_partitions: live.buffer.partitions(),
+            files: live.catalog.files.len(),
+            catalog_seq: live.catalog.seq,
+            wal_segments: self.shared.wal.lock().segment_count(),
+            wal_failed: self.shared.wal_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Persists every due partition (all of them when `all`), then drops the WAL
+    /// segments nothing needs any more. Returns the number of partitions persisted.
+    pub async fn persist(&self, all: bool) -> Result<usize, EngineError> {
+        let _one_at_a_time = self.persist_lock.lock().await;
+        let due = self.shared.live.read().buffer.due(
+            self.config.persist_age,
+            self.config.persist_partition_bytes,
+            self.config.max_buffer_bytes,
+            all,
+        );
+        let mut done = 0;
+        for key in due {
+            let job = self.shared.live.write().buffer.begin_persist(&key);
+            let Some(job) = job else { continue };
+            let id = job.id;
+            match self.persist_job(job).await {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    self.shared.live.write().buffer.abort_persist(id);
+                    return Err(e);
+                }
+            }
+        }
+        self.drop_wal_segments()?;
+        Ok(done)
+    }
+
+    async fn persist_job(&self, job: PersistJob) -> Result<(), EngineError> {
+        let rows = job.rows.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let fp = parquet::encode(StoredTable::Fingerprints, &rows.fingerprints)?;
+            let win = parquet::encode(StoredTable::Windows, &rows.windows)?;
+            Ok::<_, parquet::EncodeError>([
+                (StoredTable::Fingerprints, fp),
+                (StoredTable::Windows, win),
+            ])
+        })
+        .await??;
+        let mut add = Vec::new();
+        for (table, file) in encoded {
+            let Some(file) = file else { continue };
+            let path = job
+                .key
+                .new_file_path(table, &uuid::Uuid::new_v4().to_string());
+            let bytes = file.bytes.len() as u64;
+            self.object_store
+                .put(&path, PutPayload::from(file.bytes))
+                .await?;
+            add.push(FileEntry {
+                path: path.to_string(),
+                table,
+                image: job.key.image.clone(),
+                hour: job.key.hour,
+                min_time: file.min_time,
+                max_time: file.max_time,
+                rows: file.rows,
+                bytes,
+            });
+        }
+        let oldest_in_wal = self.shared.wal.lock().oldest_seq();
+        let mut catalog = self.catalog.lock().await;
+        let commit = Commit {
+            time_micros: now_micros(),
+            add: add.clone(),
+            wal_watermarks: BTreeMap::from([(job.key.id(), job.rows.max_wal_seq)]),
+            forget_watermarks_below: Some(oldest_in_wal),
+            agent_seqs: Some(self.shared.applied.lock().snapshot()),
+            ..Default::default()
+        };
+        let seq = catalog.commit(commit).await?;
+        let state = Arc::new(catalog.state().clone());
+        {
+            let mut live = self.shared.live.write();
+            live.catalog = state;
+            live.buffer.finish_persist(job.id);
+            self.shared
+                .buffer_bytes
+                .store(live.buffer.bytes(), Ordering::Relaxed);
+        }
+        debug!(partition = %job.key.id(), commit = seq, files = add.len(), rows = add.iter().map(|f| f.rows).sum::<u64>(), "partition persisted");
+        Ok(())
+    }
+
+    /// Deletes WAL segments whose records are all persisted. Holds the WAL lock
+    /// while reading the buffer, so no record can be in the WAL but not yet in the
+    /// buffer meanwhile (the writer holds the same lock across both).
+    fn drop_wal_segments(&self) -> Result<(), EngineError> {
+        let mut wal = self.shared.wal.lock();
+        let oldest_needed = self.shared.live.read().buffer.min_wal_seq();
+        let oldest_needed = match oldest_needed {
+            Some(s) => s,
+            None => {
+                wal.rotate()?;
+                wal.next_seq()
+            }
+        };
+        let dropped = wal.drop_segments_before(oldest_needed)?;
+        if dropped > 0 {
+            debug!(dropped, "WAL segments dropped");
+        }
+        Ok(())
+    }
+
+    /// Runs the persister until `shutdown` fires.
+    pub async fn run_persister(self: Arc<Self>, shutdown: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.persist_check_interval) => {}
+                _ = self.shared.persist_wanted.notified() => {}
+                _ = shutdown.notified() => return,
+            }
+            if let Err(e) = self.persist(false).await {
+                error!(error = %e, "persisting failed; the rows stay in the buffer and WAL, retrying");
+            }
+        }
+    }
+
+    /// Stops ingest and persists everything: after this the WAL is empty.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let n = self.persist(true).await?;
+        info!(partitions = n, "persisted everything for shutdown");
+        Ok(())
+    }
+}
+
+/// The writer thread: group commit of everything waiting.
+fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
+    const MAX_GROUP: usize = 1024;
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if shared.wal_failed.load(Ordering::Relaxed) {
+            for r in group {
+                let _ = r
+                    .reply
+                    .send(Err(IngestError::WalFailed("see the server log".into())));
+            }
+            continue;
+        }
+        // Duplicates: applied before, or twice in this group.
+        let mut fresh = Vec::with_capacity(group.len());
+        {
+            let applied = shared.applied.lock();
+            let mut in_group = HashSet::new();
+            for r in group {
+                let id = (r.batch.agent_id.clone(), r.batch.seq);
+                if applied.contains(&id.0, id.1) || !in_group.insert(id) {
+                    let ack = PushAck {
+                        seq: r.batch.seq,
+                        duplicate: true,
+                        items_accepted: 0,
+                    };
+                    let _ = r.reply.send(Ok(ack));
+                } else {
+                    fresh.push(r);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            continue;
+        }
+        let mut wal = shared.wal.lock();
+        let payloads: Vec<&[u8]> = fresh.iter().map(|r| r.encoded.as_slice()).collect();
+        let first_seq = match wal.append(&payloads) {
+            Ok(s) => s,
+            Err(e) => {
+                // After a failed fsync the file's state is unknown: stop ingest
+                // rather than ack anything that might not be durable.
+                error!(error = %e, "WAL append failed; refusing all ingest until restart");
+                shared.wal_failed.store(true, Ordering::Relaxed);
+                for r in fresh {
+                    let _ = r.reply.send(Err(IngestError::WalFailed(e.to_string())));
+                }
+                continue;
+            }
+        };
+        {
+            let mut applied = shared.applied.lock();
+            for r in &fresh {
+                applied.insert(&r.batch.agent_id, r.batch.seq);
+            }
+        }
+        let mut items = Vec::with_capacity(fresh.len());
+        let bytes = {
+            let mut live = shared.live.write();
+            for (i, r) in fresh.iter().enumerate() {
+                items.push(
+                    live.buffer
+                        .apply(first_seq + i as u64, &r.batch, &|_| false),
+                );
+            }
+            live.buffer.bytes()
+        };
+        drop(wal);
+        shared.buffer_bytes.store(bytes, Ordering::Relaxed);
+        if bytes >= shared.max_buffer_bytes / 4 * 3 {
+            shared.persist_wanted.notify_one();
+        }
+        for (r, n) in fresh.into_iter().zip(items) {
+            let _ = r.reply.send(Ok(PushAck {
+                seq: r.batch.seq,
+                duplicate: false,
+                items_accepted: n,
+            }));
+        }
+    }
+    warn!("WAL writer stopped");
+}
+
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

@@ -1,0 +1,15 @@
+//! The Imprint server (`imprintd`) and CLI (`imprint`). See README.md for the
+//! module map.
+
+pub mod cli;
+pub mod config;
+pub mod dedup;
+pub mod engine;
+pub mod flight;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod serve;
+pub mod status;
+pub mod validate;
+pub mod wal;

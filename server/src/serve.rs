@@ -1,0 +1,162 @@
+//! `imprintd serve`: opens the engine and runs the gRPC and HTTP listeners until
+//! SIGTERM/SIGINT, then persists everything before exiting.
+
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use imprint_proto::ingest_v1::ingest_server::IngestServer;
+use imprint_query::StoreLocation;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info};
+
+use crate::config::{ObjectStoreKind, ServeArgs};
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::flight::FlightSql;
+use crate::ingest::IngestService;
+
+/// Largest gRPC message decoded. Batches over 16 MiB are refused by validation
+/// with INVALID_ARGUMENT; this only bounds what is read at all.
+const MAX_GRPC_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] imprint_query::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+pub fn store_location(args: &ServeArgs) -> Result<StoreLocation, ServeError> {
+    Ok(match args.object_store {
+        ObjectStoreKind::Local => StoreLocation::Local(args.data_dir.clone()),
+        ObjectStoreKind::S3 => StoreLocation::S3 {
+            bucket: args.bucket.clone().ok_or_else(|| {
+                ServeError::Config("--object-store s3 needs --bucket (or IMPRINT_BUCKET)".into())
+            })?,
+            prefix: args.prefix.clone().filter(|p| !p.is_empty()),
+            endpoint: args.endpoint.clone(),
+        },
+    })
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let location = store_location(&args)?;
+    let object_store = location.object_store()?;
+    let mut config = EngineConfig::new(
+        args.wal_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("wal")),
+    );
+    config.max_buffer_bytes = args.max_buffer_bytes as usize;
+    config.persist_partition_bytes = args.persist_bytes as usize;
+    config.persist_age = args.persist_age;
+    config.wal_segment_bytes = args.wal_segment_bytes;
+    let engine = Engine::open(object_store, config.clone()).await?;
+
+    let grpc_listener =
+        TcpListener::bind(args.grpc_addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: args.grpc_addr,
+                source,
+            })?;
+    let http_listener =
+        TcpListener::bind(args.http_addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: args.http_addr,
+                source,
+            })?;
+    info!(
+        grpc = %grpc_listener.local_addr().unwrap_or(args.grpc_addr),
+        http = %http_listener.local_addr().unwrap_or(args.http_addr),
+        store = ?location,
+        wal = %config.wal_dir.display(),
+        "imprintd listening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let persister_stop = Arc::new(Notify::new());
+    let persister = tokio::spawn(engine.clone().run_persister(persister_stop.clone()));
+
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        tonic::transport::Server::builder()
+            .add_service(
+                IngestServer::new(IngestService::new(engine.clone()))
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE),
+            )
+            .add_service(
+                FlightServiceServer::new(FlightSql::new(engine.clone()))
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                    .max_encoding_message_size(MAX_GRPC_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+    };
+    let http = {
+        let mut stop = stop_rx.clone();
+        axum::serve(http_listener, crate::http::router(engine.clone())).with_graceful_shutdown(
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested: finishing requests in flight, then persisting everything");
+        let _ = stop_tx.send(true);
+    });
+    let (grpc, http) = tokio::join!(grpc, http);
+    persister_stop.notify_one();
+    let _ = persister.await;
+    let result = engine.shutdown().await;
+    grpc?;
+    http.map_err(ServeError::Http)?;
+    match result {
+        Ok(()) => {
+            info!("imprintd stopped cleanly");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "persisting at shutdown failed; the WAL still holds the data and is replayed at the next start");
+            Err(e.into())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,25 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::engine::IngestError;
+
+pub fn ingest_status(e: IngestError) -> Status {
+    match &e {
+        IngestError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        IngestError::BufferFull { .. } => Status::resource_exhausted(e.to_string()),
+        IngestError::WalFailed(_) => Status::internal(e.to_string()),
+        IngestError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A SQL planning or execution error: the user's query is at fault unless the
+/// error says otherwise.
+pub fn query_status(e: datafusion::error::DataFusionError) -> Status {
+    use datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ResourcesExhausted(_) => Status::resource_exhausted(e.to_string()),
+        E::ObjectStore(_) | E::IoError(_) | E::Internal(_) => Status::internal(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}

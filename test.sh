@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every Imprint test: formatting, lints, unit tests, end-to-end tests against
+# the real binaries, S3 tests against a real S3-compatible server (moto), and the
+# DuckDB cross-check. Installs what it needs, idempotently:
+#   - rustfmt and clippy (rustup components)
+#   - a Python venv with duckdb, moto[server] and boto3 (from PyPI)
+#   - curl (apt), used to probe /healthz
+# Environment:
+#   CARGO_TARGET_DIR   reuse a build directory (default ./target)
+#   IMPRINT_VENV       where the Python venv lives (default ./.venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || echo "warning: rustup could not add rustfmt/clippy (offline?); using what is installed"
+
+if ! command -v curl >/dev/null; then
+  step "installing curl"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends curl
+fi
+
+VENV="${IMPRINT_VENV:-$PWD/.venv}"
+step "python venv at $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import duckdb, boto3, moto.server' 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check duckdb 'moto[server]' boto3
+fi
+export IMPRINT_TEST_PYTHON="$VENV/bin/python"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+# The end-to-end tests start several servers each; two at a time fit 2 cores.
+cargo test --workspace -- --test-threads 2

@@ -1,0 +1,415 @@
+//! Helpers for the end-to-end tests: start the real `imprintd` binary, talk to it
+//! with the real gRPC and Flight SQL clients, and find the Python tools (DuckDB,
+//! moto) in the venv the test command builds.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use imprint_proto::ingest_v1::ingest_client::IngestClient;
+use imprint_proto::ingest_v1::{FingerprintBatch, PushAck};
+use tonic::transport::Channel;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// The directory of the built binaries (next to the test executable).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("IMPRINT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test exe in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` (or the README's test command) first",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running `imprintd serve`.
+#[derive(Debug)]
+pub struct Imprintd {
+    child: Option<Child>,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Imprintd {
+    /// Starts the server on `data_dir` with extra flags, on free ports, and waits
+    /// until it accepts connections.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut s = Self {
+            child: None,
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args,
+        };
+        s.spawn(env);
+        s
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let (g, h) = (free_port(), free_port());
+        self.grpc_addr = format!("127.0.0.1:{g}");
+        self.http_addr = format!("127.0.0.1:{h}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(bin("imprintd"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "--grpc-addr",
+                &self.grpc_addr,
+                "--http-addr",
+                &self.http_addr,
+            ])
+            .args(&self.args)
+            .env("IMPRINT_LOG", "info,imprint_server=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn imprintd"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(&self.http_addr).is_ok()
+                && std::net::TcpStream::connect(&self.grpc_addr).is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "imprintd exited at start with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "imprintd did not start in 60 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait: a graceful stop persists everything.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "imprintd did not stop in 120 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts again with the same data and flags (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn(&[]);
+    }
+
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn(env);
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn ingest(&self) -> IngestClient<Channel> {
+        IngestClient::new(self.channel().await).max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn push(&self, batch: FingerprintBatch) -> Result<PushAck, tonic::Status> {
+        self.ingest()
+            .await
+            .push(batch)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Runs SQL over Flight SQL.
+    pub async fn sql(&self, query: &str) -> Vec<RecordBatch> {
+        self.try_sql(query)
+            .await
+            .unwrap_or_else(|e| panic!("query {query:?} failed: {e}"))
+    }
+
+    pub async fn try_sql(&self, query: &str) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
+        let mut client = FlightSqlServiceClient::new(self.channel().await);
+        let info = client.execute(query.to_string(), None).await?;
+        let mut out = Vec::new();
+        for ep in info.endpoint {
+            let stream = client.do_get(ep.ticket.expect("ticket")).await?;
+            let mut b: Vec<RecordBatch> = stream
+                .try_collect()
+                .await
+                .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+            out.append(&mut b);
+        }
+        Ok(out)
+    }
+
+    /// The single integer a `SELECT count(*)`-like query returns.
+    pub async fn scalar_i64(&self, query: &str) -> i64 {
+        scalar_i64(&self.sql(query).await)
+    }
+
+    pub fn healthz(&self) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/healthz", self.http_addr)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Imprintd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The single integer of a one-row, one-column result (any integer type).
+pub fn scalar_i64(batches: &[RecordBatch]) -> i64 {
+    let b = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+    let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64).expect("integer");
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("int64")
+        .value(0)
+}
+
+/// Every row of a result as text lines (`a|b|c`), sorted: for exact comparisons.
+pub fn rows_as_text(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                    .expect("formatter")
+            })
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(
+                cols.iter()
+                    .map(|c| c.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The Python of the test venv (with duckdb, moto, boto3), if it exists. Under
+/// CI a missing venv is a failure; elsewhere the caller skips loudly.
+pub fn test_python() -> Option<PathBuf> {
+    let p = std::env::var("IMPRINT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".venv/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok() {
+        panic!(
+            "the test venv is missing at {}: the test command (./test.sh) must create it",
+            p.display()
+        );
+    }
+    eprintln!(
+        "\n======== SKIPPED: no test venv at {} — run ./test.sh to create it (needs PyPI) ========\n",
+        p.display()
+    );
+    None
+}
+
+/// Total items in batches.
+pub fn item_count(batches: &[FingerprintBatch]) -> i64 {
+    batches
+        .iter()
+        .flat_map(|b| &b.fingerprints)
+        .map(|f| f.items.len() as i64)
+        .sum()
+}
+
+/// Sum of item counts in batches.
+pub fn count_sum(batches: &[FingerprintBatch]) -> i64 {
+    batches
+        .iter()
+        .flat_map(|b| &b.fingerprints)
+        .flat_map(|f| &f.items)
+        .map(|i| i.count as i64)
+        .sum()
+}
+
+/// A real S3-compatible server (moto, from the test venv) on a loopback port.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub const ACCESS_KEY: &'static str = "imprint-test";
+    pub const SECRET_KEY: &'static str = "imprint-test-secret";
+    pub const REGION: &'static str = "us-east-1";
+
+    /// Starts moto_server and creates `bucket`. `None` (after a loud message) when
+    /// the venv is missing outside CI.
+    pub fn start(bucket: &str) -> Option<Self> {
+        let python = test_python()?;
+        let moto = python.with_file_name("moto_server");
+        assert!(
+            moto.exists(),
+            "{} is missing: the test venv needs moto[server]",
+            moto.display()
+        );
+        let port = free_port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let script = format!(
+            "import boto3; boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='{}', \
+             aws_secret_access_key='{}', region_name='{}').create_bucket(Bucket='{bucket}')",
+            Self::ACCESS_KEY,
+            Self::SECRET_KEY,
+            Self::REGION
+        );
+        let out = Command::new(&python)
+            .args(["-c", &script])
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "creating the bucket failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Self { child, endpoint })
+    }
+
+    /// The environment an S3 client needs for this server.
+    pub fn env(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY),
+            ("AWS_REGION", Self::REGION),
+        ]
+    }
+
+    /// An object store on `bucket`/`prefix` of this server, for embedded readers.
+    pub fn object_store(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_access_key_id(Self::ACCESS_KEY)
+            .with_secret_access_key(Self::SECRET_KEY)
+            .with_region(Self::REGION)
+            .build()
+            .expect("s3 store");
+        std::sync::Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,151 @@
+//! An ack means the data survives kill -9; restarts neither lose nor duplicate rows.
+
+use std::time::Duration;
+
+use imprint_bench::{Fleet, FleetSpec};
+use imprint_e2e::{Imprintd, item_count};
+
+async fn assert_exactly(server: &Imprintd, items: i64, what: &str) {
+    let total = server.scalar_i64("SELECT count(*) FROM fingerprints").await;
+    let distinct = server
+        .scalar_i64("SELECT count(*) FROM (SELECT DISTINCT container_id, time, kind, key FROM fingerprints)")
+        .await;
+    assert_eq!(
+        total,
+        items,
+        "{what}: rows after restart; log:\n{}",
+        server.log_text()
+    );
+    assert_eq!(distinct, total, "{what}: duplicated rows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_right_after_acks_loses_nothing_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Persist often, so each cycle has rows in Parquet, in flight and only in the WAL.
+    let mut server = Imprintd::start(
+        &dir.path().join("data"),
+        &["--persist-age", "200ms", "--wal-segment-bytes", "256KiB"],
+    );
+    let mut fleet = Fleet::new(FleetSpec {
+        images: 4,
+        containers_per_image: 2,
+        nodes: 2,
+        ..Default::default()
+    });
+    let mut acked = Vec::new();
+    let mut w = 0;
+    for cycle in 0..6 {
+        for step in 0..8 {
+            for b in fleet.batches(w) {
+                let ack = server.push(b.clone()).await.unwrap();
+                assert!(!ack.duplicate);
+                acked.push(b);
+            }
+            w += 1;
+            // Sometimes give the persister time to run between pushes.
+            if (cycle + step) % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        // kill -9 immediately after the last ack.
+        server.kill9();
+        server.restart();
+        assert_exactly(&server, item_count(&acked), &format!("cycle {cycle}")).await;
+        // A batch re-sent after the restart is recognised as applied.
+        let last = acked.last().unwrap().clone();
+        assert!(
+            server.push(last).await.unwrap().duplicate,
+            "cycle {cycle}: re-sent batch applied twice"
+        );
+    }
+    let health = server.healthz();
+    assert!(
+        health["engine"]["files"].as_u64().unwrap() > 0,
+        "no persistence happened: {health}"
+    );
+    assert!(
+        server.log_text().contains("WAL replayed"),
+        "no cycle exercised replay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_restarts_keep_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Imprintd::start(&dir.path().join("data"), &[]);
+    let mut fleet = Fleet::new(FleetSpec {
+        images: 3,
+        containers_per_image: 2,
+        nodes: 2,
+        ..Default::default()
+    });
+    let mut acked = Vec::new();
+    for w in 0..5 {
+        for b in fleet.batches(w) {
+            server.push(b.clone()).await.unwrap();
+            acked.push(b);
+        }
+    }
+    let query = "SELECT container_id, time, kind, key, count FROM fingerprints ORDER BY 1, 2, 3, 4";
+    let before = imprint_e2e::rows_as_text(&server.sql(query).await);
+    for _ in 0..2 {
+        assert!(server.terminate().success());
+        server.restart();
+        assert_eq!(imprint_e2e::rows_as_text(&server.sql(query).await), before);
+    }
+    assert_eq!(before.len() as i64, item_count(&acked));
+    // After a graceful stop everything is in Parquet: no WAL to replay.
+    assert!(
+        !server.log_text().contains("WAL replayed"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn corruption_before_the_tail_stops_the_start_and_names_file_and_offset() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Imprintd::start(&data, &["--persist-age", "1h"]);
+    let mut fleet = Fleet::new(FleetSpec {
+        images: 1,
+        containers_per_image: 1,
+        nodes: 1,
+        ..Default::default()
+    });
+    rt.block_on(async {
+        for w in 0..3 {
+            for b in fleet.batches(w) {
+                server.push(b).await.unwrap();
+            }
+        }
+    });
+    server.kill9();
+    // Flip a byte inside the first record of the oldest segment.
+    let mut segs: Vec<_> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let seg = segs
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 100)
+        .unwrap()
+        .clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 0x5a;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let out = std::process::Command::new(imprint_e2e::bin("imprintd"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&seg.display().to_string()), "{err}");
+    assert!(err.contains("byte offset 8"), "{err}");
+}

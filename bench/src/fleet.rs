@@ -32,7 +32,7 @@ impl Default for FleetSpec {
             containers_per_image: 3,
             nodes: 2,
             window_secs: 30,
-            start_micros: 1_796_130_000_000_000, // 2026-12-01T13:00:00Z
+            start_micros: 1_795_996_800_000_000, // 2026-11-30T00:00:00Z
             repeat_share: 0.9,
             new_item_chance: 0.02,
             seed: 42,
@@ -126,6 +126,9 @@ fn image_profile(rng: &mut StdRng) -> Vec<(ItemKind, String)> {
     take(ItemKind::TcpOut, ports.clone(), n_out, rng);
     let n_udp = rng.random_range(0..2);
     take(ItemKind::UdpOut, ports, n_udp, rng);
+    // A kind may draw a key twice from vocabularies with repeats: keep each once.
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|(k, key)| seen.insert((*k, key.clone())));
     items
 }
 
@@ -185,7 +188,11 @@ impl Fleet {
             let mut items = Vec::with_capacity(image.items.len());
             for (k, key) in &image.items {
                 if self.rng.random_bool(self.spec.repeat_share) {
-                    items.push(Item { kind: *k as i32, key: key.clone(), count: self.rng.random_range(1..20) });
+                    items.push(Item {
+                        kind: *k as i32,
+                        key: key.clone(),
+                        count: self.rng.random_range(1..20),
+                    });
                 }
             }
             if self.rng.random_bool(self.spec.new_item_chance) {

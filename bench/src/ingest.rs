@@ -80,6 +80,13 @@ fn ceiling(encoded: &[Vec<u8>]) -> (f64, u64) {
     (n as f64 / secs, n)
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 struct Server {
     child: Child,
     grpc: String,
@@ -87,16 +94,8 @@ struct Server {
 
 impl Server {
     fn start(bin_dir: &Path, data: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let http = free_port();
         let grpc = format!("127.0.0.1:{port}");
         let child = Command::new(bin_dir.join("imprintd"))
             .args(["serve", "--data-dir"])

@@ -65,10 +65,10 @@ impl PartitionFilter {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 if let (Some(col), Some(v)) = (column_name(left), literal(right)) {
                     self.narrow_cmp(col, *op, v);
-                } else if let (Some(v), Some(col)) = (literal(left), column_name(right)) {
-                    if let Some(op) = op.swap() {
-                        self.narrow_cmp(col, op, v);
-                    }
+                } else if let (Some(v), Some(col), Some(op)) =
+                    (literal(left), column_name(right), op.swap())
+                {
+                    self.narrow_cmp(col, op, v);
                 }
             }
             Expr::InList(list) if !list.negated && column_name(&list.expr) == Some("image") => {

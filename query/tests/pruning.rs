@@ -1,6 +1,7 @@
 //! Partition pruning: a query restricted by image or time opens only the files of
 //! the partitions it can match — proved by counting object store reads.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};

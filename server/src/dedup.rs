@@ -44,11 +44,11 @@ impl AppliedSeqs {
             None => self.agents.entry(agent.to_string()).or_default(),
         };
         // Fast path: the next seq of the newest range.
-        if let Some(last) = ranges.last_mut() {
-            if last.1.checked_add(1) == Some(seq) {
-                last.1 = seq;
-                return;
-            }
+        if let Some(last) = ranges.last_mut()
+            && last.1.checked_add(1) == Some(seq)
+        {
+            last.1 = seq;
+            return;
         }
         let i = ranges.partition_point(|&(_, hi)| hi.saturating_add(1) < seq);
         if let Some(r) = ranges.get_mut(i) {

@@ -214,7 +214,10 @@ impl Imprintd {
             .unwrap_or_else(|e| panic!("query {query:?} failed: {e}"))
     }
 
-    pub async fn try_sql(&self, query: &str) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
+    pub async fn try_sql(
+        &self,
+        query: &str,
+    ) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
         let mut client = FlightSqlServiceClient::new(self.channel().await);
         let info = client.execute(query.to_string(), None).await?;
         let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! At the buffer bound ingest answers RESOURCE_EXHAUSTED and forces persistence;
 //! agents that retry get everything stored, nothing lost.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use std::time::Duration;
 
 use imprint_bench::{Fleet, FleetSpec};

@@ -1,6 +1,7 @@
 //! Another engine on the same files: DuckDB reads the persisted Parquet with
 //! hive_partitioning=true and returns the same rows as Imprint's SQL.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use std::process::Command;
 
 use imprint_bench::{Fleet, FleetSpec};

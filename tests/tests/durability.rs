@@ -1,5 +1,6 @@
 //! An ack means the data survives kill -9; restarts neither lose nor duplicate rows.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use std::time::Duration;
 
 use imprint_bench::{Fleet, FleetSpec};

@@ -1,5 +1,6 @@
 //! Push fingerprints to the real imprintd and read exactly them back over Flight SQL.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use imprint_bench::{Fleet, FleetSpec};
 use imprint_e2e::{Imprintd, count_sum, item_count, rows_as_text};
 use imprint_proto::ingest_v1::{Completeness, Fingerprint, FingerprintBatch, Item, ItemKind};
@@ -65,12 +66,12 @@ async fn pushed_rows_come_back_exactly_and_are_visible_at_once() {
         &server
             .sql(
                 "SELECT node, container_id, image, image_name, kind, key, count, \
-                  CAST(window_end - time AS VARCHAR) FROM fingerprints",
+                  CAST(window_end AS BIGINT) - CAST(time AS BIGINT) FROM fingerprints",
             )
             .await,
     );
     let expect = |k: &str, key: &str, n: u64| {
-        format!("node-1|c0ffee|{digest}|nginx:1.27|{k}|{key}|{n}|PT30S")
+        format!("node-1|c0ffee|{digest}|nginx:1.27|{k}|{key}|{n}|30000000")
     };
     let mut want = vec![
         expect("process", "/usr/sbin/nginx", 1),

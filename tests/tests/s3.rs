@@ -1,6 +1,7 @@
 //! The same end-to-end guarantees on a real S3-compatible server (moto on loopback),
 //! and an embedded reader on the bucket seeing what the server committed.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use imprint_bench::{Fleet, FleetSpec};
 use imprint_e2e::{Imprintd, Moto, item_count, rows_as_text};
 

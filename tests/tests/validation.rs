@@ -1,6 +1,7 @@
 //! Every validation rule refuses the whole batch with INVALID_ARGUMENT, a message
 //! naming the field and the fingerprint's index, and stores nothing of it.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use imprint_e2e::Imprintd;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, Item, ItemKind};
 use tonic::Code;

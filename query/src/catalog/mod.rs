@@ -119,7 +119,7 @@ impl Catalog {
             Err(e) => return Err(e.into()),
         }
         self.state.apply(&commit);
-        if seq % CHECKPOINT_EVERY == 0 {
+        if seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.write_checkpoint().await;
         }
         Ok(seq)

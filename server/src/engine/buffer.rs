@@ -112,13 +112,16 @@ impl FingerprintRows {
     }
 
     fn push(&mut self, fp: &Fingerprint) {
+        // Values constant over a fingerprint are appended once per fingerprint, not
+        // once per item: one dictionary lookup instead of one per row.
+        let n = fp.items.len();
+        self.time.append_value_n(fp.window_start_unix_micros, n);
+        self.window_end.append_value_n(fp.window_end_unix_micros, n);
+        self.node.append_values(&fp.node, n);
+        self.container_id.append_values(&fp.container_id, n);
+        self.image_name.append_values(&fp.image_name, n);
         for item in &fp.items {
             let kind = ItemKind::try_from(item.kind).unwrap_or(ItemKind::Unspecified);
-            self.time.append_value(fp.window_start_unix_micros);
-            self.window_end.append_value(fp.window_end_unix_micros);
-            self.node.append_value(&fp.node);
-            self.container_id.append_value(&fp.container_id);
-            self.image_name.append_value(&fp.image_name);
             self.kind.append_value(kind.sql_name());
             self.key.append_value(&item.key);
             self.count.append_value(item.count);

@@ -357,6 +357,7 @@ impl Engine {
             self.object_store
                 .put(&path, PutPayload::from(file.bytes))
                 .await?;
+            crash_point("after_file_put");
             add.push(FileEntry {
                 path: path.to_string(),
                 table,
@@ -379,6 +380,7 @@ impl Engine {
             ..Default::default()
         };
         let seq = catalog.commit(commit).await?;
+        crash_point("after_commit");
         let state = Arc::new(catalog.state().clone());
         {
             let mut live = self.shared.live.write();
@@ -405,6 +407,7 @@ impl Engine {
                 wal.next_seq()
             }
         };
+        crash_point("before_wal_drop");
         let dropped = wal.drop_segments_before(oldest_needed)?;
         if dropped > 0 {
             debug!(dropped, "WAL segments dropped");
@@ -522,6 +525,21 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
         }
     }
     warn!("WAL writer stopped");
+}
+
+/// Test hook: `IMPRINT_TEST_CRASH_AT=<point>` aborts the process at that step of
+/// persistence, so tests can prove a crash there loses and duplicates nothing.
+/// Points: `after_file_put`, `after_commit`, `before_wal_drop`.
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("IMPRINT_TEST_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        error!(point, "IMPRINT_TEST_CRASH_AT: aborting the process");
+        std::process::abort();
+    }
 }
 
 pub fn now_micros() -> i64 {

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Loads the benchmark's rows into the peers a user might pick instead of Imprint.
+
+Input: an Arrow IPC file of `fingerprints` rows, written by `imprint-bench ingest`.
+Output: one JSON object per peer on stdout: rows/s and bytes on disk per row.
+
+- DuckDB: in-process `INSERT INTO ... SELECT` from the Arrow table, then CHECKPOINT.
+- PostgreSQL: `COPY ... FROM STDIN (FORMAT csv)` over loopback with fsync on, into a
+  table with no index (and, separately measured, with the btree profile queries need).
+  Needs `initdb`/`pg_ctl` (Debian's postgresql); skipped with a message otherwise.
+"""
+import argparse, glob, json, os, shutil, subprocess, sys, tempfile, time
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+
+def duckdb_peer(table, work):
+    import duckdb
+    path = os.path.join(work, "peer.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE TABLE fingerprints AS SELECT * FROM table LIMIT 0")
+    t0 = time.perf_counter()
+    con.execute("INSERT INTO fingerprints SELECT * FROM table")
+    secs = time.perf_counter() - t0
+    con.execute("CHECKPOINT")
+    con.close()
+    return {"peer": "DuckDB " + duckdb.__version__, "rows_per_sec": table.num_rows / secs,
+            "bytes_per_row": os.path.getsize(path) / table.num_rows}
+
+
+def pg_bin(name):
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+def postgres_peer(table, work):
+    initdb, pg_ctl, psql = pg_bin("initdb"), pg_bin("pg_ctl"), pg_bin("psql")
+    if not (initdb and pg_ctl and psql):
+        print("SKIPPED PostgreSQL peer: initdb/pg_ctl not found (apt-get install postgresql)", file=sys.stderr)
+        return None
+    data = os.path.join(work, "pg")
+    user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        subprocess.run(["useradd", "-M", "imprintbench"], stderr=subprocess.DEVNULL)
+        os.makedirs(data)
+        shutil.chown(work, "imprintbench")
+        shutil.chown(data, "imprintbench")
+        user = ["runuser", "-u", "imprintbench", "--"]
+    port = "54329"
+    subprocess.run(user + [initdb, "-D", data, "-A", "trust", "-U", "bench"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(user + [pg_ctl, "-D", data, "-o", f"-p {port} -k {work} -c listen_addresses=127.0.0.1", "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        def sql(q):
+            return subprocess.run([psql, "-h", "127.0.0.1", "-p", port, "-U", "bench", "-d", "postgres", "-Atc", q],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+        sql("CREATE TABLE fingerprints (time timestamptz, window_end timestamptz, node text, container_id text, "
+            "image text, image_name text, kind text, key text, count bigint)")
+        csv = os.path.join(work, "rows.csv")
+        pacsv.write_csv(table, csv, pacsv.WriteOptions(include_header=False))
+        t0 = time.perf_counter()
+        with open(csv, "rb") as f:
+            subprocess.run([psql, "-h", "127.0.0.1", "-p", port, "-U", "bench", "-d", "postgres", "-c",
+                            "COPY fingerprints FROM STDIN (FORMAT csv)"], stdin=f, check=True, stdout=subprocess.DEVNULL)
+        secs = time.perf_counter() - t0
+        size = int(sql("SELECT pg_total_relation_size('fingerprints')"))
+        sql("CREATE INDEX ON fingerprints (image, kind, key)")
+        size_idx = int(sql("SELECT pg_total_relation_size('fingerprints')"))
+        version = sql("SHOW server_version")
+        return {"peer": "PostgreSQL " + version, "rows_per_sec": table.num_rows / secs,
+                "bytes_per_row": size / table.num_rows, "bytes_per_row_with_btree": size_idx / table.num_rows}
+    finally:
+        subprocess.run(user + [pg_ctl, "-D", data, "-m", "fast", "stop"], stdout=subprocess.DEVNULL)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arrow", required=True, help="Arrow IPC file of fingerprints rows")
+    args = ap.parse_args()
+    table = pa.ipc.open_file(args.arrow).read_all()
+    with tempfile.TemporaryDirectory() as work:
+        for peer in (duckdb_peer, postgres_peer):
+            r = peer(table, work)
+            if r:
+                print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

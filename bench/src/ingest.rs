@@ -291,22 +291,37 @@ pub async fn run(args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Writes the rows as an Arrow IPC file and runs bench/peers.py on it.
-fn peers(python: &Path, encoded: &[Vec<u8>], work: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+fn peers(
+    python: &Path,
+    encoded: &[Vec<u8>],
+    work: &Path,
+    total: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut buffer = Buffer::default();
     for (i, bytes) in encoded.iter().enumerate() {
-        buffer.apply(i as u64 + 1, &FingerprintBatch::decode(bytes.as_slice())?, &|_| false);
+        buffer.apply(
+            i as u64 + 1,
+            &FingerprintBatch::decode(bytes.as_slice())?,
+            &|_| false,
+        );
     }
     let table = imprint_query::schema::StoredTable::Fingerprints;
     let batches = buffer.view(table, &imprint_query::prune::PartitionFilter::all())?;
     let path = work.join("rows.arrow");
-    let mut w = arrow::ipc::writer::FileWriter::try_new(std::fs::File::create(&path)?, &table.schema())?;
+    let mut w =
+        arrow::ipc::writer::FileWriter::try_new(std::fs::File::create(&path)?, &table.schema())?;
     for b in &batches {
         w.write(b)?;
     }
     w.finish()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers.py");
     eprintln!("loading the same {total} rows into the peers ...");
-    let out = Command::new(python).arg(script).arg("--arrow").arg(&path).stderr(Stdio::inherit()).output()?;
+    let out = Command::new(python)
+        .arg(script)
+        .arg("--arrow")
+        .arg(&path)
+        .stderr(Stdio::inherit())
+        .output()?;
     if !out.status.success() {
         return Err(format!("peers.py failed with {}", out.status).into());
     }
@@ -315,7 +330,10 @@ fn peers(python: &Path, encoded: &[Vec<u8>], work: &Path, total: u64) -> Result<
     println!("|---|---:|---:|");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        let extra = v["bytes_per_row_with_btree"].as_f64().map(|b| format!(" ({b:.1} with btree on image, kind, key)")).unwrap_or_default();
+        let extra = v["bytes_per_row_with_btree"]
+            .as_f64()
+            .map(|b| format!(" ({b:.1} with btree on image, kind, key)"))
+            .unwrap_or_default();
         println!(
             "| {} | {:.0} | {:.2}{extra} |",
             v["peer"].as_str().unwrap_or("?"),

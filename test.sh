@@ -39,4 +39,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 # The end-to-end tests start several servers each; two at a time fit 2 cores.
-cargo test --workspace -- --test-threads 2
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 | tee "$LOG" || status=$?
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$LOG"
+exit "$status"

@@ -3,7 +3,8 @@
 # the real binaries, S3 tests against a real S3-compatible server (moto), and the
 # DuckDB cross-check. Installs what it needs, idempotently:
 #   - rustfmt and clippy (rustup components)
-#   - a Python venv with duckdb, moto[server] and boto3 (from PyPI)
+#   - a Python venv with duckdb, moto[server], boto3, pyarrow and the ADBC Flight SQL
+#     driver (from PyPI)
 #   - curl (apt), used to probe /healthz
 # Environment:
 #   CARGO_TARGET_DIR   reuse a build directory (default ./target)
@@ -26,8 +27,9 @@ step "python venv at $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import duckdb, boto3, moto.server' 2>/dev/null; then
-  "$VENV/bin/pip" install -q --disable-pip-version-check duckdb 'moto[server]' boto3
+if ! "$VENV/bin/python" -c 'import duckdb, boto3, moto.server, pyarrow, adbc_driver_flightsql.dbapi' 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check duckdb 'moto[server]' boto3 pyarrow \
+    adbc-driver-flightsql adbc-driver-manager
 fi
 export IMPRINT_TEST_PYTHON="$VENV/bin/python"
 

@@ -78,6 +78,20 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_segment_bytes: u64,
 
+    /// Memory one query may use (its own pool; queries never spill to disk). A
+    /// query over it fails with RESOURCE_EXHAUSTED; the others go on.
+    #[arg(long, env = "IMPRINT_QUERY_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_bytes)]
+    pub query_memory_limit: u64,
+
+    /// Longest a query may run (planning, waiting for a slot, and streaming its
+    /// result). Over it, the query fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "IMPRINT_QUERY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+
+    /// Queries running at once; more wait (within their timeout) for a slot.
+    #[arg(long, env = "IMPRINT_MAX_CONCURRENT_QUERIES", default_value_t = 16)]
+    pub max_concurrent_queries: usize,
+
     /// Log format. The level is set with IMPRINT_LOG (or RUST_LOG), e.g. "info" or
     /// "imprint_server=debug".
     #[arg(long, env = "IMPRINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -9,6 +9,7 @@ pub mod flight;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod query;
 pub mod serve;
 pub mod status;
 pub mod validate;

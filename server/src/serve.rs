@@ -15,6 +15,7 @@ use crate::config::{ObjectStoreKind, ServeArgs};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::flight::FlightSql;
 use crate::ingest::IngestService;
+use crate::query::QueryLimits;
 
 /// Largest gRPC message decoded. Batches over 16 MiB are refused by validation
 /// with INVALID_ARGUMENT; this only bounds what is read at all.
@@ -88,6 +89,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         "imprintd listening"
     );
 
+    let query_limits = QueryLimits {
+        memory_bytes: args.query_memory_limit as usize,
+        timeout: args.query_timeout,
+        max_concurrent: args.max_concurrent_queries,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let persister_stop = Arc::new(Notify::new());
     let persister = tokio::spawn(engine.clone().run_persister(persister_stop.clone()));
@@ -100,7 +106,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                     .max_decoding_message_size(MAX_GRPC_MESSAGE),
             )
             .add_service(
-                FlightServiceServer::new(FlightSql::new(engine.clone()))
+                FlightServiceServer::new(FlightSql::new(engine.clone(), query_limits))
                     .max_decoding_message_size(MAX_GRPC_MESSAGE)
                     .max_encoding_message_size(MAX_GRPC_MESSAGE),
             )

@@ -224,7 +224,12 @@ impl Engine {
             object_store.clone(),
             Arc::new(LiveView(live.clone())),
             default_session_config(),
-            RuntimeEnvBuilder::new(),
+            // Queries never spill to local disk: a query over its memory limit fails
+            // (RESOURCE_EXHAUSTED) instead of filling the server's disk.
+            RuntimeEnvBuilder::new().with_disk_manager_builder(
+                datafusion::execution::disk_manager::DiskManagerBuilder::default()
+                    .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
+            ),
         )?;
         let buffer_bytes = live.read().buffer.bytes();
         let shared = Arc::new(Shared {

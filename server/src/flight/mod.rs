@@ -48,6 +48,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
+use crate::query::{Planned, QueryLimits, QueryRunner};
 use crate::status::query_status;
 use metadata::{SQL_INFO, XDBC_TYPES};
 use prepared::PreparedStatements;
@@ -55,41 +56,23 @@ use prepared::PreparedStatements;
 #[derive(Debug, Clone)]
 pub struct FlightSql {
     engine: Arc<Engine>,
+    queries: Arc<QueryRunner>,
     prepared: Arc<PreparedStatements>,
 }
 
 impl FlightSql {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Self {
+        let queries = Arc::new(QueryRunner::new(engine.session().clone(), limits));
         Self {
             engine,
+            queries,
             prepared: Arc::new(PreparedStatements::default()),
         }
     }
 
-    /// Plans `sql` with `params` bound, as a DataFrame ready to run.
-    async fn plan(&self, sql: &str, params: Option<Vec<ScalarValue>>) -> Result<DataFrame, Status> {
-        let df = self.engine.session().sql(sql).await.map_err(query_status)?;
-        let Some(params) = params else { return Ok(df) };
-        // Clients bind what their language has (Python ints are int64): cast each
-        // value to the type DataFusion inferred for its placeholder.
-        let types = df
-            .logical_plan()
-            .get_parameter_types()
-            .map_err(query_status)?;
-        let params = params
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
-                Some(Some(t)) if v.data_type() != *t => v.cast_to(t).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "parameter ${}: cannot use {v:?} as {t}: {e}",
-                        i + 1
-                    ))
-                }),
-                _ => Ok(v),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        df.with_param_values(params).map_err(query_status)
+    /// Plans `sql` with `params` bound, under the query limits.
+    async fn plan(&self, sql: &str, params: Option<Vec<ScalarValue>>) -> Result<Planned, Status> {
+        self.queries.plan(sql, |df| bind(df, params)).await
     }
 
     fn prepared(&self, handle: &[u8]) -> Result<prepared::Prepared, Status> {
@@ -101,6 +84,31 @@ impl FlightSql {
             ))
         })
     }
+}
+
+/// Binds parameter values to a planned query. Clients bind what their language
+/// has (Python ints are int64): each value is cast to the type DataFusion inferred
+/// for its placeholder.
+fn bind(df: DataFrame, params: Option<Vec<ScalarValue>>) -> Result<DataFrame, Status> {
+    let Some(params) = params else { return Ok(df) };
+    let types = df
+        .logical_plan()
+        .get_parameter_types()
+        .map_err(query_status)?;
+    let params = params
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+            Some(Some(t)) if v.data_type() != *t => v.cast_to(t).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "parameter ${}: cannot use {v:?} as {t}: {e}",
+                    i + 1
+                ))
+            }),
+            _ => Ok(v),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    df.with_param_values(params).map_err(query_status)
 }
 
 type DoGetStream =
@@ -148,12 +156,12 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowE
     )
 }
 
-async fn stream_result(df: DataFrame) -> Result<Response<DoGetStream>, Status> {
-    let schema = result_schema(&df);
-    let batches = df.execute_stream().await.map_err(query_status)?;
+async fn stream_result(planned: Planned) -> Result<Response<DoGetStream>, Status> {
+    let schema = result_schema(&planned.df);
+    let batches = planned.execute().await?;
     let target = schema.clone();
     let batches = batches
-        .map_err(|e| FlightError::from_external_error(Box::new(e)))
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
         .and_then(move |b| futures::future::ready(conform(b, &target).map_err(FlightError::Arrow)));
     let out: DoGetStream = Box::pin(
         FlightDataEncoderBuilder::new()
@@ -226,7 +234,7 @@ impl FlightSqlService for FlightSql {
             statement_handle: query.query.into_bytes().into(),
         };
         let info = flight_info(
-            &result_schema(&df),
+            &result_schema(&df.df),
             ticket.as_any().encode_to_vec(),
             request.into_inner(),
         )?;
@@ -248,9 +256,9 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let df = self.plan(&query.query, None).await?;
-        let parameter_schema = parameter_schema(df.logical_plan())?;
-        let dataset_schema = result_schema(&df);
+        let planned = self.plan(&query.query, None).await?;
+        let parameter_schema = parameter_schema(planned.df.logical_plan())?;
+        let dataset_schema = result_schema(&planned.df);
         let handle = self.prepared.insert(query.query);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into_bytes().into(),
@@ -312,7 +320,7 @@ impl FlightSqlService for FlightSql {
         let p = self.prepared(&cmd.prepared_statement_handle)?;
         let df = self.plan(&p.sql, p.params).await?;
         let info = flight_info(
-            &result_schema(&df),
+            &result_schema(&df.df),
             cmd.as_any().encode_to_vec(),
             request.into_inner(),
         )?;

@@ -2,7 +2,10 @@
 //! machine builds with cargo alone: no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/imprint/ingest/v1/ingest.proto"];
+    let protos = [
+        "proto/imprint/ingest/v1/ingest.proto",
+        "proto/imprint/admin/v1/admin.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use imprint_bench::{Fleet, FleetSpec};
+use imprint_proto::client::authed;
 use imprint_proto::ingest_v1::FingerprintBatch;
 use imprint_proto::ingest_v1::ingest_client::IngestClient;
 use imprint_server::engine::buffer::Buffer;
@@ -94,6 +95,8 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     grpc: String,
+    /// The admin token the server wrote at first start.
+    token: String,
 }
 
 impl Server {
@@ -118,9 +121,19 @@ impl Server {
         while std::net::TcpStream::connect(&grpc).is_err() {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The admin token appears once the server has committed it.
+        let token_file = data.join("admin-token");
+        while !token_file.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let token = std::fs::read_to_string(token_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Self {
             child,
             grpc: format!("http://{grpc}"),
+            token,
         }
     }
 
@@ -141,6 +154,7 @@ struct RunResult {
 
 async fn end_to_end(
     server: &str,
+    token: &str,
     batches: &[FingerprintBatch],
     agents: usize,
     tag: &str,
@@ -165,10 +179,14 @@ async fn end_to_end(
     let mut tasks = Vec::new();
     for mine in per_agent {
         let server = server.to_string();
+        let token = token.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut client = IngestClient::connect(server)
+            let channel = tonic::transport::Channel::from_shared(server)
+                .expect("uri")
+                .connect()
                 .await
-                .expect("connect")
+                .expect("connect");
+            let mut client = IngestClient::new(authed(channel, &token).expect("token"))
                 .max_encoding_message_size(64 << 20);
             let mut lat = Vec::with_capacity(mine.len());
             for b in mine {
@@ -250,7 +268,14 @@ pub async fn run(args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
         let data = work.join(format!("run-{agents}"));
         let _ = std::fs::remove_dir_all(&data);
         let server = Server::start(&bin_dir, &data);
-        let r = end_to_end(&server.grpc, &batches, agents, &agents.to_string()).await;
+        let r = end_to_end(
+            &server.grpc,
+            &server.token,
+            &batches,
+            agents,
+            &agents.to_string(),
+        )
+        .await;
         eprintln!("{agents:>2} agents: {:.0} items/s", r.items_per_sec);
         server.stop();
         let parquet = dir_bytes(&data.join("fingerprints"), "parquet");

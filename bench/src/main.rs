@@ -36,6 +36,12 @@ enum Command {
         /// Number of 30 s windows to push, ending now.
         #[arg(long, default_value_t = 20)]
         windows: i64,
+        /// Token with the `agent` scope. Default: <data-dir>/admin-token.
+        #[arg(long, env = "IMPRINT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The server's data directory (to find its admin token).
+        #[arg(long, env = "IMPRINT_DATA_DIR", default_value = "./imprint-data")]
+        data_dir: std::path::PathBuf,
     },
     /// Run the ingest benchmark and print its figures.
     Ingest(ingest::IngestArgs),
@@ -50,6 +56,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             containers_per_image,
             nodes,
             windows,
+            token,
+            data_dir,
         } => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -62,9 +70,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             };
             let mut fleet = imprint_bench::Fleet::new(spec);
-            let mut client =
-                imprint_proto::ingest_v1::ingest_client::IngestClient::connect(server.clone())
-                    .await?;
+            let token = token.unwrap_or_else(|| {
+                std::fs::read_to_string(data_dir.join("admin-token"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            });
+            let channel = tonic::transport::Channel::from_shared(server.clone())?
+                .connect()
+                .await?;
+            let mut client = imprint_proto::ingest_v1::ingest_client::IngestClient::new(
+                imprint_proto::client::authed(channel, &token)?,
+            );
             let (mut items, mut batches) = (0u64, 0u64);
             for w in 0..windows {
                 for b in fleet.batches(w) {

@@ -10,6 +10,14 @@ pub mod ingest {
     }
 }
 
+pub mod admin {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("imprint.admin.v1");
+    }
+}
+
+pub use admin::v1 as admin_v1;
 pub use ingest::v1 as ingest_v1;
 
 impl ingest::v1::ItemKind {
@@ -48,5 +56,47 @@ impl ingest::v1::ItemKind {
     pub fn is_port(self) -> bool {
         use ingest::v1::ItemKind::*;
         matches!(self, TcpIn | UdpIn | TcpOut | UdpOut)
+    }
+}
+
+/// Client-side helpers shared by the CLI, the benchmarks and the tests.
+pub mod client {
+    use tonic::metadata::MetadataValue;
+    use tonic::service::Interceptor;
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::Channel;
+    use tonic::{Request, Status};
+
+    /// Adds `authorization: Bearer <token>` to every request (nothing when the
+    /// token is empty).
+    #[derive(Debug, Clone)]
+    pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+    impl Bearer {
+        pub fn new(token: &str) -> Result<Self, Status> {
+            if token.is_empty() {
+                return Ok(Self(None));
+            }
+            let v = format!("Bearer {token}").parse().map_err(|_| {
+                Status::invalid_argument("the token has characters a header cannot carry")
+            })?;
+            Ok(Self(Some(v)))
+        }
+    }
+
+    impl Interceptor for Bearer {
+        fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+            if let Some(v) = &self.0 {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        }
+    }
+
+    /// A channel that sends a bearer token.
+    pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+    pub fn authed(channel: Channel, token: &str) -> Result<AuthedChannel, Status> {
+        Ok(InterceptedService::new(channel, Bearer::new(token)?))
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod layout;
 pub mod prune;
 pub mod schema;
+pub mod settings;
 pub mod store;
 pub mod table;
 

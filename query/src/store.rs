@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, CatalogState};
 use crate::error::{Error, Result};
 use crate::prune::PartitionFilter;
 use crate::schema::StoredTable;
-use crate::table::{ImprintTable, STORE_URL, TableView, ViewSource, prune_files};
+use crate::table::{ImprintTable, STORE_URL, SettingsTable, TableView, ViewSource, prune_files};
 
 /// Where a store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +108,7 @@ pub fn new_session(
     for t in StoredTable::ALL {
         ctx.register_table(t.name(), Arc::new(ImprintTable::new(t, source.clone())))?;
     }
+    ctx.register_table("settings", Arc::new(SettingsTable::new(source.clone())))?;
     Ok(ctx)
 }
 
@@ -141,6 +142,10 @@ impl ViewSource for CommittedFiles {
             batches: vec![],
             files: prune_files(&files, filter),
         })
+    }
+
+    fn settings(&self) -> std::collections::BTreeMap<String, String> {
+        self.0.settings.clone()
     }
 }
 

@@ -40,6 +40,45 @@ pub struct TableView {
 /// catalog, or, embedded, the catalog alone.
 pub trait ViewSource: Send + Sync + Debug {
     fn view(&self, table: StoredTable, filter: &PartitionFilter) -> DfResult<TableView>;
+
+    /// Stored settings (key → value), for the `settings` table.
+    fn settings(&self) -> std::collections::BTreeMap<String, String>;
+}
+
+/// The `settings` table: each known setting with its current value.
+#[derive(Debug)]
+pub struct SettingsTable {
+    source: Arc<dyn ViewSource>,
+}
+
+impl SettingsTable {
+    pub fn new(source: Arc<dyn ViewSource>) -> Self {
+        Self { source }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SettingsTable {
+    fn schema(&self) -> SchemaRef {
+        crate::settings::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = crate::settings::batch(&self.source.settings());
+        let mem = MemorySourceConfig::try_new(&[vec![batch]], self.schema(), projection.cloned())?
+            .with_limit(limit);
+        Ok(DataSourceExec::from_data_source(mem))
+    }
 }
 
 /// The URL under which the store's object store is registered in the session.

@@ -92,6 +92,11 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_MAX_CONCURRENT_QUERIES", default_value_t = 16)]
     pub max_concurrent_queries: usize,
 
+    /// Turn authentication off: every request is allowed. For local experiments
+    /// only; a warning is logged at start.
+    #[arg(long, env = "IMPRINT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
     /// Log format. The level is set with IMPRINT_LOG (or RUST_LOG), e.g. "info" or
     /// "imprint_server=debug".
     #[arg(long, env = "IMPRINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -124,30 +129,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// `250ms`, `30s`, `5m`, `24h`, `30d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 5m, 24h"))?;
-    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
-        u => {
-            return Err(format!(
-                "unknown duration unit {u:?} in {s:?}: use ms, s, m, h or d"
-            ));
-        }
-    }
-    .ok_or_else(|| format!("{s:?} is too long"))
-}
+pub use imprint_query::settings::parse_duration;
 
 #[cfg(test)]
 mod tests {

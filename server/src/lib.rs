@@ -1,6 +1,8 @@
 //! The Imprint server (`imprintd`) and CLI (`imprint`). See README.md for the
 //! module map.
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dedup;

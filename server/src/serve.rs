@@ -4,17 +4,21 @@
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use imprint_proto::admin_v1::admin_server::AdminServer;
+use imprint_proto::ingest_v1::agent_config_server::AgentConfigServer;
 use imprint_proto::ingest_v1::ingest_server::IngestServer;
 use imprint_query::StoreLocation;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::admin::{AdminService, bootstrap_admin_token};
+use crate::auth::{Auth, GrpcAuthLayer};
 use crate::config::{ObjectStoreKind, ServeArgs};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::flight::FlightSql;
-use crate::ingest::IngestService;
+use crate::ingest::{AgentConfigService, IngestService};
 use crate::query::QueryLimits;
 
 /// Largest gRPC message decoded. Batches over 16 MiB are refused by validation
@@ -67,6 +71,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     config.wal_segment_bytes = args.wal_segment_bytes;
     let engine = Engine::open(object_store, config.clone()).await?;
 
+    let auth = Auth::new(engine.clone(), !args.insecure_no_auth);
+    if args.insecure_no_auth {
+        warn!(
+            "authentication is OFF (--insecure-no-auth): anyone who can reach the ports can read and write everything"
+        );
+    } else if let Some(path) = bootstrap_admin_token(&engine, &args.data_dir)
+        .await
+        .map_err(|s| ServeError::Config(s.message().to_string()))?
+    {
+        info!(file = %path.display(), "first start: created an admin token; the file is readable only by this user");
+    }
+
     let grpc_listener =
         TcpListener::bind(args.grpc_addr)
             .await
@@ -101,14 +117,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let grpc = {
         let mut stop = stop_rx.clone();
         tonic::transport::Server::builder()
+            .layer(GrpcAuthLayer::new(auth.clone()))
+            .add_service(AdminServer::new(AdminService::new(engine.clone())))
+            .add_service(AgentConfigServer::new(AgentConfigService::new(
+                engine.clone(),
+                stop_rx.clone(),
+            )))
             .add_service(
                 IngestServer::new(IngestService::new(engine.clone()))
                     .max_decoding_message_size(MAX_GRPC_MESSAGE),
             )
             .add_service(
-                FlightServiceServer::new(FlightSql::new(engine.clone(), query_limits))
-                    .max_decoding_message_size(MAX_GRPC_MESSAGE)
-                    .max_encoding_message_size(MAX_GRPC_MESSAGE),
+                FlightServiceServer::new(FlightSql::new(
+                    engine.clone(),
+                    query_limits,
+                    auth.clone(),
+                ))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::auth::AuthError;
 use crate::engine::IngestError;
 
 pub fn ingest_status(e: IngestError) -> Status {
@@ -21,5 +22,20 @@ pub fn query_status(e: datafusion::error::DataFusionError) -> Status {
         E::ResourcesExhausted(_) => Status::resource_exhausted(e.to_string()),
         E::ObjectStore(_) | E::IoError(_) | E::Internal(_) => Status::internal(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+pub fn auth_status(e: AuthError) -> Status {
+    match e {
+        AuthError::Unauthenticated(m) => Status::unauthenticated(m),
+        AuthError::PermissionDenied(m) => Status::permission_denied(m),
+    }
+}
+
+/// The HTTP status for an auth failure: 401 or 403.
+pub fn auth_http_status(e: &AuthError) -> axum::http::StatusCode {
+    match e {
+        AuthError::Unauthenticated(_) => axum::http::StatusCode::UNAUTHORIZED,
+        AuthError::PermissionDenied(_) => axum::http::StatusCode::FORBIDDEN,
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
+use imprint_proto::client::{AuthedChannel, authed};
 use imprint_proto::ingest_v1::ingest_client::IngestClient;
 use imprint_proto::ingest_v1::{FingerprintBatch, PushAck};
 use tonic::transport::Channel;
@@ -62,6 +63,8 @@ pub struct Imprintd {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// The admin token the server wrote at first start (empty without auth).
+    pub token: String,
 }
 
 impl Imprintd {
@@ -80,6 +83,7 @@ impl Imprintd {
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension("log"),
             args,
+            token: String::new(),
         };
         s.spawn(env);
         s
@@ -117,6 +121,10 @@ impl Imprintd {
             if std::net::TcpStream::connect(&self.http_addr).is_ok()
                 && std::net::TcpStream::connect(&self.grpc_addr).is_ok()
             {
+                self.token = std::fs::read_to_string(self.data_dir.join("admin-token"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 return;
             }
             if let Some(status) = self
@@ -212,8 +220,22 @@ impl Imprintd {
             .expect("connect")
     }
 
-    pub async fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel().await).max_encoding_message_size(64 << 20)
+    /// A channel that sends the admin token.
+    pub async fn authed(&self) -> AuthedChannel {
+        authed(self.channel().await, &self.token).expect("token header")
+    }
+
+    pub async fn ingest(&self) -> IngestClient<AuthedChannel> {
+        IngestClient::new(self.authed().await).max_encoding_message_size(64 << 20)
+    }
+
+    /// A Flight SQL client with the admin token.
+    pub async fn flight(&self) -> FlightSqlServiceClient<Channel> {
+        let mut client = FlightSqlServiceClient::new(self.channel().await);
+        if !self.token.is_empty() {
+            client.set_token(self.token.clone());
+        }
+        client
     }
 
     pub async fn push(&self, batch: FingerprintBatch) -> Result<PushAck, tonic::Status> {
@@ -235,7 +257,7 @@ impl Imprintd {
         &self,
         query: &str,
     ) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
-        let mut client = FlightSqlServiceClient::new(self.channel().await);
+        let mut client = self.flight().await;
         let info = client.execute(query.to_string(), None).await?;
         let mut out = Vec::new();
         for ep in info.endpoint {

@@ -47,7 +47,8 @@ fn batch() -> FingerprintBatch {
 const ADBC_SCRIPT: &str = r#"
 import json, sys
 import adbc_driver_flightsql.dbapi as flight
-conn = flight.connect(sys.argv[1])
+# A bearer token header, as a tool would be configured.
+conn = flight.connect(sys.argv[1], db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + sys.argv[2]})
 cur = conn.cursor()
 out = {}
 cur.execute("SELECT kind, key, count FROM fingerprints ORDER BY kind, key")
@@ -72,6 +73,20 @@ except Exception as e:
     out["error"] = str(e)
 cur.close()
 conn.close()
+# User and password: the driver does the Flight handshake, the password is a token.
+conn = flight.connect(sys.argv[1], db_kwargs={"username": "imprint", "password": sys.argv[2]})
+cur = conn.cursor()
+cur.execute("SELECT count(*) AS n FROM fingerprints")
+out["handshake_count"] = cur.fetch_arrow_table().to_pylist()
+cur.close()
+conn.close()
+try:
+    conn = flight.connect(sys.argv[1], db_kwargs={"username": "imprint", "password": "imp_wrong"})
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    out["bad_password"] = "accepted"
+except Exception as e:
+    out["bad_password"] = str(e)
 print(json.dumps(out))
 "#;
 
@@ -83,7 +98,12 @@ async fn python_adbc_queries_binds_parameters_and_reads_metadata() {
     server.push(batch()).await.unwrap();
 
     let out = Command::new(python)
-        .args(["-c", ADBC_SCRIPT, &format!("grpc://{}", server.grpc_addr)])
+        .args([
+            "-c",
+            ADBC_SCRIPT,
+            &format!("grpc://{}", server.grpc_addr),
+            &server.token,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -137,6 +157,12 @@ async fn python_adbc_queries_binds_parameters_and_reads_metadata() {
     );
     assert_eq!(v["schema"][7], serde_json::json!(["key", "string", false]));
     assert_eq!(v["vendor"], "Imprint");
+    assert_eq!(v["handshake_count"], serde_json::json!([{"n": 5}]));
+    let bad = v["bad_password"].as_str().unwrap();
+    assert!(
+        bad.contains("UNAUTHENTICATED") || bad.contains("Unauthenticated"),
+        "{bad}"
+    );
     let err = v["error"].as_str().unwrap();
     assert!(
         err.contains("nope") && err.contains("INVALID_ARGUMENT"),
@@ -149,7 +175,7 @@ async fn rust_client_metadata_calls_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = Imprintd::start(&dir.path().join("data"), &[]);
     server.push(batch()).await.unwrap();
-    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let mut client = server.flight().await;
 
     let collect =
         |info: arrow_flight::FlightInfo,

@@ -197,6 +197,7 @@ async fn the_cli_prints_tables_csv_and_json() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(imprint_e2e::bin("imprint"))
             .args(["--server", &format!("http://{}", server.grpc_addr)])
+            .env("IMPRINT_TOKEN", &server.token)
             .args(args)
             .output()
             .unwrap();

@@ -10,7 +10,7 @@
 
 mod state;
 
-pub use state::{CatalogState, Commit, FileEntry, SeqRanges};
+pub use state::{CatalogState, Commit, FileEntry, SeqRanges, TokenRecord};
 
 use std::sync::Arc;
 

@@ -39,6 +39,19 @@ impl FileEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqRanges(pub Vec<(u64, u64)>);
 
+/// An access token as stored: only the SHA-256 of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    pub created_micros: i64,
+    pub expires_micros: Option<i64>,
+    pub revoked: bool,
+}
+
 /// One catalog commit: the log object `catalog/log/<seq>.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Commit {
@@ -62,6 +75,12 @@ pub struct Commit {
     /// When present, replaces the agent → applied batch seqs map.
     #[serde(default)]
     pub agent_seqs: Option<BTreeMap<String, SeqRanges>>,
+    /// Tokens created or changed (by id).
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
+    /// Settings changed (key → value).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// Everything the catalog knows, as of commit `seq`.
@@ -73,6 +92,10 @@ pub struct CatalogState {
     pub files: BTreeMap<String, FileEntry>,
     pub wal_watermarks: BTreeMap<String, u64>,
     pub agent_seqs: BTreeMap<String, SeqRanges>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 impl CatalogState {
@@ -94,6 +117,12 @@ impl CatalogState {
         }
         if let Some(seqs) = &commit.agent_seqs {
             self.agent_seqs = seqs.clone();
+        }
+        for t in &commit.tokens {
+            self.tokens.insert(t.id.clone(), t.clone());
+        }
+        for (k, v) in &commit.settings {
+            self.settings.insert(k.clone(), v.clone());
         }
     }
 

@@ -1,11 +1,22 @@
 //! The `imprint` command line: talks to a running `imprintd`.
+//!
+//! Every command sends a bearer token: `--token` (or `IMPRINT_TOKEN`), else the
+//! admin token the server wrote at first start, `<data-dir>/admin-token`.
 
 pub mod output;
+
+use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
+use imprint_proto::admin_v1::admin_client::AdminClient;
+use imprint_proto::admin_v1::{
+    CreateTokenRequest, GetSettingsRequest, ListTokensRequest, RevokeTokenRequest,
+    SetSettingRequest,
+};
+use imprint_proto::client::{AuthedChannel, authed};
 use tonic::transport::{Channel, Endpoint};
 
 use output::OutputFormat;
@@ -23,6 +34,19 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// Bearer token. Default: the admin token in <data-dir>/admin-token.
+    #[arg(long, global = true, env = "IMPRINT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// The server's data directory, where its first-start admin token is.
+    #[arg(
+        long,
+        global = true,
+        env = "IMPRINT_DATA_DIR",
+        default_value = "./imprint-data"
+    )]
+    pub data_dir: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,12 +57,48 @@ pub enum Command {
     ///
     /// Example: imprint sql "SELECT kind, count(*) FROM fingerprints GROUP BY kind"
     Sql {
-        /// The query (DataFusion SQL). Tables: fingerprints, windows.
+        /// The query (DataFusion SQL). Tables: fingerprints, windows, settings.
         query: String,
         /// Output format; `arrow` writes an Arrow IPC stream to stdout.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Create, list and revoke access tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show and change server settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    ///
+    /// Example: imprint token create --scope read --name grafana --expires 30d
+    Create {
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+        /// Scopes (repeatable): admin, agent, read, export.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d or 12h. Default: never expires.
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// List every setting with its value and default.
+    List,
+    /// Change a setting (admin), e.g. `imprint settings set profiling.enabled false`.
+    Set { key: String, value: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +121,22 @@ fn flight_error(e: arrow_flight::error::FlightError) -> CliError {
     CliError::Server(e.to_string())
 }
 
+fn status_error(s: tonic::Status) -> CliError {
+    CliError::Server(format!("{:?}: {}", s.code(), s.message()))
+}
+
+impl Cli {
+    /// `--token`, else the local admin token file, else none.
+    pub fn resolve_token(&self) -> String {
+        if let Some(t) = &self.token {
+            return t.trim().to_string();
+        }
+        std::fs::read_to_string(self.data_dir.join(crate::admin::ADMIN_TOKEN_FILE))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
 pub async fn connect(server: &str) -> Result<Channel, CliError> {
     let endpoint =
         Endpoint::from_shared(server.to_string()).map_err(|source| CliError::Connect {
@@ -77,8 +153,15 @@ pub async fn connect(server: &str) -> Result<Channel, CliError> {
 }
 
 /// Runs `query` over Flight SQL and collects every batch.
-pub async fn run_sql(channel: Channel, query: &str) -> Result<Vec<RecordBatch>, CliError> {
+pub async fn run_sql(
+    channel: Channel,
+    token: &str,
+    query: &str,
+) -> Result<Vec<RecordBatch>, CliError> {
     let mut client = FlightSqlServiceClient::new(channel);
+    if !token.is_empty() {
+        client.set_token(token.to_string());
+    }
     let info = client
         .execute(query.to_string(), None)
         .await
@@ -98,12 +181,106 @@ pub async fn run_sql(channel: Channel, query: &str) -> Result<Vec<RecordBatch>, 
     Ok(batches)
 }
 
+fn micros_text(us: i64) -> String {
+    if us == 0 {
+        return "never".into();
+    }
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let token = cli.resolve_token();
+    let channel = connect(&cli.server).await?;
+    let admin = |channel: Channel| -> Result<AdminClient<AuthedChannel>, CliError> {
+        Ok(AdminClient::new(
+            authed(channel, &token).map_err(status_error)?,
+        ))
+    };
     match cli.command {
         Command::Sql { query, format } => {
-            let channel = connect(&cli.server).await?;
-            let batches = run_sql(channel, &query).await?;
+            let batches = run_sql(channel, &token, &query).await?;
             output::write(&batches, format, &mut std::io::stdout().lock())?;
+        }
+        Command::Token(TokenCommand::Create {
+            name,
+            scopes,
+            expires,
+        }) => {
+            let r = admin(channel)?
+                .create_token(CreateTokenRequest {
+                    name,
+                    scopes,
+                    expires_in_seconds: expires.map_or(0, |d| d.as_secs()),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let t = r.token.unwrap_or_default();
+            eprintln!(
+                "created token {} ({}) with scopes [{}], expires {}",
+                t.id,
+                t.name,
+                t.scopes.join(", "),
+                micros_text(t.expires_unix_micros)
+            );
+            eprintln!("the secret is shown only now:");
+            println!("{}", r.secret);
+        }
+        Command::Token(TokenCommand::List) => {
+            let r = admin(channel)?
+                .list_tokens(ListTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{:<14} {:<24} {:<22} {:<20} {:<20} state",
+                "id", "name", "scopes", "created", "expires"
+            );
+            for t in r.tokens {
+                let state = if t.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:<14} {:<24} {:<22} {:<20} {:<20} {state}",
+                    t.id,
+                    t.name,
+                    t.scopes.join(","),
+                    micros_text(t.created_unix_micros),
+                    micros_text(t.expires_unix_micros)
+                );
+            }
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let r = admin(channel)?
+                .revoke_token(RevokeTokenRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let t = r.token.unwrap_or_default();
+            println!("revoked {} ({})", t.id, t.name);
+        }
+        Command::Settings(SettingsCommand::List) => {
+            let r = admin(channel)?
+                .get_settings(GetSettingsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{:<30} {:<8} {:<8} description", "key", "value", "default");
+            for s in r.settings {
+                println!(
+                    "{:<30} {:<8} {:<8} {}",
+                    s.key, s.value, s.default_value, s.description
+                );
+            }
+        }
+        Command::Settings(SettingsCommand::Set { key, value }) => {
+            let r = admin(channel)?
+                .set_setting(SetSettingRequest { key, value })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let s = r.setting.unwrap_or_default();
+            println!("{} = {}", s.key, s.value);
         }
     }
     Ok(())

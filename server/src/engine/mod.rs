@@ -140,6 +140,10 @@ impl ViewSource for LiveView {
             files: prune_files(&files, filter),
         })
     }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        self.0.read().catalog.settings.clone()
+    }
 }
 
 /// Shared between the engine and its writer thread.
@@ -162,6 +166,8 @@ pub struct Engine {
     shutting_down: AtomicBool,
     session: SessionContext,
     config: EngineConfig,
+    /// The catalog seq of the last metadata change (tokens, settings).
+    meta_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -259,6 +265,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             session,
             config,
+            meta_changed: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -300,6 +307,28 @@ impl Engine {
             .map_err(|_| IngestError::WalFailed("the WAL writer has stopped".into()))?;
         rx.await
             .map_err(|_| IngestError::WalFailed("the WAL writer has stopped".into()))?
+    }
+
+    /// The committed catalog as queries see it now.
+    pub fn catalog_state(&self) -> Arc<CatalogState> {
+        self.shared.live.read().catalog.clone()
+    }
+
+    /// Commits a metadata change (tokens, settings) and makes it visible.
+    pub async fn commit_meta(&self, commit: Commit) -> Result<Arc<CatalogState>, EngineError> {
+        let mut catalog = self.catalog.lock().await;
+        let mut commit = commit;
+        commit.time_micros = now_micros();
+        let seq = catalog.commit(commit).await?;
+        let state = Arc::new(catalog.state().clone());
+        self.shared.live.write().catalog = state.clone();
+        self.meta_changed.send_replace(seq);
+        Ok(state)
+    }
+
+    /// Fires after every metadata commit.
+    pub fn watch_meta(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.meta_changed.subscribe()
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -37,7 +37,8 @@ use arrow_flight::sql::{
     ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
 };
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::LogicalPlan;
@@ -47,24 +48,29 @@ use futures::{Stream, TryStreamExt, stream};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Scope};
 use crate::engine::Engine;
 use crate::query::{Planned, QueryLimits, QueryRunner};
+use crate::status::auth_status;
 use crate::status::query_status;
+use base64::Engine as _;
 use metadata::{SQL_INFO, XDBC_TYPES};
 use prepared::PreparedStatements;
 
 #[derive(Debug, Clone)]
 pub struct FlightSql {
     engine: Arc<Engine>,
+    auth: Auth,
     queries: Arc<QueryRunner>,
     prepared: Arc<PreparedStatements>,
 }
 
 impl FlightSql {
-    pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Self {
+    pub fn new(engine: Arc<Engine>, limits: QueryLimits, auth: Auth) -> Self {
         let queries = Arc::new(QueryRunner::new(engine.session().clone(), limits));
         Self {
             engine,
+            auth,
             queries,
             prepared: Arc::new(PreparedStatements::default()),
         }
@@ -223,6 +229,68 @@ fn table_type_name(t: TableType) -> &'static str {
 #[tonic::async_trait]
 impl FlightSqlService for FlightSql {
     type FlightService = FlightSql;
+
+    /// Basic auth (any user name, a token as the password) → the same token as a
+    /// bearer token, in the `authorization` response header and as the payload.
+    /// Clients such as ADBC and JDBC send user/password this way.
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let token = match header.as_deref() {
+            Some(h) if h.starts_with("Basic ") => {
+                // Padded or not: clients differ.
+                let encoded = h.trim_start_matches("Basic ").trim();
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .or_else(|_| {
+                        base64::engine::general_purpose::STANDARD_NO_PAD
+                            .decode(encoded.trim_end_matches('='))
+                    })
+                    .map_err(|_| Status::unauthenticated("the Basic credentials are not base64"))?;
+                let text = String::from_utf8(decoded)
+                    .map_err(|_| Status::unauthenticated("the Basic credentials are not UTF-8"))?;
+                let (_, password) = text.split_once(':').unwrap_or(("", &text));
+                password.to_string()
+            }
+            Some(h) if h.starts_with("Bearer ") => {
+                h.trim_start_matches("Bearer ").trim().to_string()
+            }
+            _ if !self.auth.enabled() => String::new(),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "handshake needs Basic credentials (password = an Imprint token) or a Bearer token",
+                ));
+            }
+        };
+        if self.auth.enabled() {
+            self.auth
+                .check_secret(&token, Scope::Read)
+                .map_err(auth_status)?;
+        }
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let out: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(stream::once(async { Ok(reply) }));
+        let mut response = Response::new(out);
+        if !token.is_empty() {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                Status::unauthenticated("the token has characters a header cannot carry")
+            })?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
 
     async fn get_flight_info_statement(
         &self,

@@ -1,0 +1,185 @@
+//! Server settings: the switches that turn profiling features on and off. Stored
+//! in the catalog (so they survive restarts and moves), changed by admins, read
+//! as the SQL table `settings`, and streamed to agents.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    Bool,
+    Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDef {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub kind: SettingKind,
+    pub for_agents: bool,
+    pub description: &'static str,
+}
+
+pub const PROFILING_ENABLED: &str = "profiling.enabled";
+pub const LEARNING_PERIOD: &str = "profiling.learning_period";
+pub const EVE_ENABLED: &str = "runtime_scanner.eve_enabled";
+pub const EVE_CONNECTOR_ENABLED: &str = "eve_connector.enabled";
+
+pub const SETTINGS: &[SettingDef] = &[
+    SettingDef {
+        key: PROFILING_ENABLED,
+        default: "true",
+        kind: SettingKind::Bool,
+        for_agents: true,
+        description: "Agents capture and send fingerprints.",
+    },
+    SettingDef {
+        key: LEARNING_PERIOD,
+        default: "24h",
+        kind: SettingKind::Duration,
+        for_agents: false,
+        description: "Observed time after which an image profile is done learning (overridable per image).",
+    },
+    SettingDef {
+        key: EVE_ENABLED,
+        default: "false",
+        kind: SettingKind::Bool,
+        for_agents: true,
+        description: "Compute which packages are in use at runtime (agents inventory container filesystems).",
+    },
+    SettingDef {
+        key: EVE_CONNECTOR_ENABLED,
+        default: "false",
+        kind: SettingKind::Bool,
+        for_agents: false,
+        description: "Serve runtime results to third-party tools through the export API.",
+    },
+];
+
+pub fn def(key: &str) -> Option<&'static SettingDef> {
+    SETTINGS.iter().find(|d| d.key == key)
+}
+
+/// Checks `value` for `key` and returns it in canonical form.
+pub fn validate(key: &str, value: &str) -> Result<String, String> {
+    let Some(d) = def(key) else {
+        let known: Vec<_> = SETTINGS.iter().map(|d| d.key).collect();
+        return Err(format!(
+            "unknown setting {key:?}; settings are: {}",
+            known.join(", ")
+        ));
+    };
+    match d.kind {
+        SettingKind::Bool => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" => Ok("true".into()),
+            "false" | "off" | "no" | "0" => Ok("false".into()),
+            _ => Err(format!("{key} takes true or false, not {value:?}")),
+        },
+        SettingKind::Duration => {
+            parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
+            Ok(value.trim().to_string())
+        }
+    }
+}
+
+/// The value of `key` in `stored`, or its default.
+pub fn value<'a>(stored: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+    stored
+        .get(key)
+        .map(String::as_str)
+        .or_else(|| def(key).map(|d| d.default))
+        .unwrap_or("")
+}
+
+pub fn bool_value(stored: &BTreeMap<String, String>, key: &str) -> bool {
+    value(stored, key) == "true"
+}
+
+/// `250ms`, `30s`, `5m`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 5m, 24h"))?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?}: use ms, s, m, h or d"
+            ));
+        }
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("default_value", DataType::Utf8, false),
+        Field::new("for_agents", DataType::Boolean, false),
+        Field::new("description", DataType::Utf8, false),
+    ]))
+}
+
+/// The `settings` table's one batch.
+pub fn batch(stored: &BTreeMap<String, String>) -> RecordBatch {
+    let col = |f: &dyn Fn(&SettingDef) -> String| {
+        Arc::new(StringArray::from(
+            SETTINGS.iter().map(f).collect::<Vec<_>>(),
+        ))
+    };
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            col(&|d| d.key.to_string()),
+            col(&|d| value(stored, d.key).to_string()),
+            col(&|d| d.default.to_string()),
+            Arc::new(BooleanArray::from(
+                SETTINGS.iter().map(|d| d.for_agents).collect::<Vec<_>>(),
+            )),
+            col(&|d| d.description.to_string()),
+        ],
+    )
+    .expect("columns match the schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_validate_and_default() {
+        assert_eq!(validate(PROFILING_ENABLED, "off"), Ok("false".into()));
+        assert!(
+            validate(PROFILING_ENABLED, "maybe")
+                .unwrap_err()
+                .contains("true or false")
+        );
+        assert!(
+            validate("nope", "1")
+                .unwrap_err()
+                .contains("profiling.enabled")
+        );
+        assert_eq!(validate(LEARNING_PERIOD, "12h"), Ok("12h".into()));
+        assert!(validate(LEARNING_PERIOD, "12").is_err());
+        let mut stored = BTreeMap::new();
+        assert!(bool_value(&stored, PROFILING_ENABLED));
+        stored.insert(PROFILING_ENABLED.to_string(), "false".to_string());
+        assert!(!bool_value(&stored, PROFILING_ENABLED));
+        assert_eq!(batch(&stored).num_rows(), SETTINGS.len());
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    }
+}

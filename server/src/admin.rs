@@ -1,0 +1,236 @@
+//! The admin gRPC service (`imprint.admin.v1.Admin`): tokens and settings. Scopes
+//! are checked by the auth layer before a call gets here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use imprint_proto::admin_v1::admin_server::Admin;
+use imprint_proto::admin_v1::{
+    CreateTokenRequest, CreateTokenResponse, GetSettingsRequest, GetSettingsResponse,
+    ListTokensRequest, ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse,
+    SetSettingRequest, SetSettingResponse, Setting, TokenInfo,
+};
+use imprint_query::catalog::{Commit, TokenRecord};
+use imprint_query::settings;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::auth::{Scope, new_secret, new_token_id, sha256_hex};
+use crate::engine::{Engine, EngineError, now_micros};
+
+/// The file, under the data directory, that holds the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    engine: Arc<Engine>,
+}
+
+impl AdminService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn internal(e: EngineError) -> Status {
+    Status::internal(format!("committing to the catalog: {e}"))
+}
+
+pub fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        scopes: t.scopes.clone(),
+        created_unix_micros: t.created_micros,
+        expires_unix_micros: t.expires_micros.unwrap_or(0),
+        revoked: t.revoked,
+    }
+}
+
+/// Creates a token and commits it. Returns the record and its secret.
+pub async fn create_token(
+    engine: &Engine,
+    name: &str,
+    scopes: &[String],
+    expires_in_seconds: u64,
+) -> Result<(TokenRecord, String), Status> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "name: 1 to 128 bytes of printable text",
+        ));
+    }
+    if scopes.is_empty() {
+        return Err(Status::invalid_argument(
+            "scopes: at least one of admin, agent, read, export",
+        ));
+    }
+    let mut clean: Vec<String> = Vec::new();
+    for s in scopes {
+        let Some(scope) = Scope::parse(s) else {
+            return Err(Status::invalid_argument(format!(
+                "scopes: unknown scope {s:?} (admin, agent, read, export)"
+            )));
+        };
+        if !clean.iter().any(|c| c == scope.name()) {
+            clean.push(scope.name().to_string());
+        }
+    }
+    let secret = new_secret();
+    let now = now_micros();
+    let expires_micros = match expires_in_seconds {
+        0 => None,
+        s => Some(
+            now.saturating_add(
+                i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
+            ),
+        ),
+    };
+    let record = TokenRecord {
+        id: new_token_id(),
+        name: name.to_string(),
+        scopes: clean,
+        sha256: sha256_hex(&secret),
+        created_micros: now,
+        expires_micros,
+        revoked: false,
+    };
+    engine
+        .commit_meta(Commit {
+            tokens: vec![record.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(internal)?;
+    info!(id = %record.id, name = %record.name, scopes = ?record.scopes, "token created");
+    Ok((record, secret))
+}
+
+/// On a store without tokens, creates an admin token and writes it to
+/// `<data-dir>/admin-token` with mode 0600. Returns the file's path when it did.
+pub async fn bootstrap_admin_token(
+    engine: &Engine,
+    data_dir: &Path,
+) -> Result<Option<std::path::PathBuf>, Status> {
+    if !engine.catalog_state().tokens.is_empty() {
+        return Ok(None);
+    }
+    let (_, secret) = create_token(engine, "initial admin", &["admin".to_string()], 0).await?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Status::internal(format!("creating {}: {e}", data_dir.display())))?;
+    write_private(&path, &format!("{secret}\n"))
+        .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
+    Ok(Some(path))
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()
+}
+
+pub fn settings_list(stored: &BTreeMap<String, String>) -> Vec<Setting> {
+    settings::SETTINGS
+        .iter()
+        .map(|d| Setting {
+            key: d.key.to_string(),
+            value: settings::value(stored, d.key).to_string(),
+            default_value: d.default.to_string(),
+            description: d.description.to_string(),
+            for_agents: d.for_agents,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let r = request.into_inner();
+        let (record, secret) =
+            create_token(&self.engine, &r.name, &r.scopes, r.expires_in_seconds).await?;
+        Ok(Response::new(CreateTokenResponse {
+            token: Some(token_info(&record)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let state = self.engine.catalog_state();
+        let mut tokens: Vec<TokenInfo> = state.tokens.values().map(token_info).collect();
+        tokens.sort_by_key(|t| t.created_unix_micros);
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let id = request.into_inner().id;
+        let state = self.engine.catalog_state();
+        let Some(mut t) = state.tokens.get(&id).cloned() else {
+            return Err(Status::not_found(format!(
+                "no token {id:?} (imprint token list shows them)"
+            )));
+        };
+        t.revoked = true;
+        self.engine
+            .commit_meta(Commit {
+                tokens: vec![t.clone()],
+                ..Default::default()
+            })
+            .await
+            .map_err(internal)?;
+        warn!(id = %t.id, name = %t.name, "token revoked");
+        Ok(Response::new(RevokeTokenResponse {
+            token: Some(token_info(&t)),
+        }))
+    }
+
+    async fn set_setting(
+        &self,
+        request: Request<SetSettingRequest>,
+    ) -> Result<Response<SetSettingResponse>, Status> {
+        let r = request.into_inner();
+        let value = settings::validate(&r.key, &r.value).map_err(Status::invalid_argument)?;
+        let state = self
+            .engine
+            .commit_meta(Commit {
+                settings: BTreeMap::from([(r.key.clone(), value.clone())]),
+                ..Default::default()
+            })
+            .await
+            .map_err(internal)?;
+        info!(key = %r.key, value = %value, "setting changed");
+        let setting = settings_list(&state.settings)
+            .into_iter()
+            .find(|s| s.key == r.key);
+        Ok(Response::new(SetSettingResponse { setting }))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<GetSettingsRequest>,
+    ) -> Result<Response<GetSettingsResponse>, Status> {
+        Ok(Response::new(GetSettingsResponse {
+            settings: settings_list(&self.engine.catalog_state().settings),
+        }))
+    }
+}

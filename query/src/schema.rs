@@ -6,7 +6,10 @@
 
 use std::sync::{Arc, LazyLock};
 
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
 /// The time type of every timestamp column: microseconds, UTC.
@@ -78,3 +81,29 @@ pub static WINDOWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("started_after_container", DataType::Boolean, false),
     ]))
 });
+
+/// `batch` with `schema`: columns cast where their types differ (e.g. dictionary
+/// strings → Utf8), nullability as `schema` says (an error if a non-nullable
+/// column holds nulls).
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}

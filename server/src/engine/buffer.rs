@@ -14,7 +14,6 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, DictionaryArray, Int32Array, RecordBatch, StringArray,
     StringDictionaryBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ItemKind};
@@ -58,20 +57,7 @@ fn dictionary_schema(table: StoredTable) -> SchemaRef {
 
 /// Casts a buffer batch to the table's SQL schema (dictionary strings → Utf8).
 pub fn to_table_schema(table: StoredTable, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let schema = table.schema();
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema, columns)
+    imprint_query::schema::conform(batch, &table.schema())
 }
 
 fn constant_dict(value: &str, rows: usize) -> ArrayRef {

@@ -19,8 +19,7 @@ mod prepared;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchOptions};
-use arrow::compute::cast;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ipc::writer::IpcWriteOptions;
@@ -138,37 +137,17 @@ fn flight_info(
         .with_ordered(true))
 }
 
-/// Casts a batch to the advertised schema: same types, same nullability.
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    if batch.schema() == *schema {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
-}
-
 async fn stream_result(planned: Planned) -> Result<Response<DoGetStream>, Status> {
     let schema = result_schema(&planned.df);
     let batches = planned.execute().await?;
     let target = schema.clone();
     let batches = batches
         .map_err(|s| FlightError::Tonic(Box::new(s)))
-        .and_then(move |b| futures::future::ready(conform(b, &target).map_err(FlightError::Arrow)));
+        .and_then(move |b| {
+            futures::future::ready(
+                imprint_query::schema::conform(&b, &target).map_err(FlightError::Arrow),
+            )
+        });
     let out: DoGetStream = Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)

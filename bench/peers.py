@@ -19,9 +19,10 @@ def duckdb_peer(table, work):
     import duckdb
     path = os.path.join(work, "peer.duckdb")
     con = duckdb.connect(path)
-    con.execute("CREATE TABLE fingerprints AS SELECT * FROM table LIMIT 0")
+    con.register("rows_in", table)
+    con.execute("CREATE TABLE fingerprints AS SELECT * FROM rows_in LIMIT 0")
     t0 = time.perf_counter()
-    con.execute("INSERT INTO fingerprints SELECT * FROM table")
+    con.execute("INSERT INTO fingerprints SELECT * FROM rows_in")
     secs = time.perf_counter() - t0
     con.execute("CHECKPOINT")
     con.close()

@@ -10,6 +10,7 @@ use imprint_proto::ingest_v1::ingest_server::IngestServer;
 use imprint_query::StoreLocation;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info, warn};
 
@@ -136,9 +137,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener).map(|conn| {
+                    // Small acks must not wait for Nagle's algorithm and delayed ACKs.
+                    conn.inspect(|c| {
+                        let _ = c.set_nodelay(true);
+                    })
+                }),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
     };
     let http = {
         let mut stop = stop_rx.clone();

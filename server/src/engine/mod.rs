@@ -38,7 +38,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::dedup::AppliedSeqs;
 use crate::validate::{Invalid, validate_batch};
@@ -558,7 +558,7 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
             }));
         }
     }
-    warn!("WAL writer stopped");
+    debug!("WAL writer stopped");
 }
 
 /// Test hook: `IMPRINT_TEST_CRASH_AT=<point>` aborts the process at that step of

@@ -137,10 +137,9 @@ impl ViewSource for CommittedFiles {
         table: StoredTable,
         filter: &PartitionFilter,
     ) -> datafusion::error::Result<TableView> {
-        let files: Vec<_> = self.0.files_of(table).cloned().collect();
         Ok(TableView {
             batches: vec![],
-            files: prune_files(&files, filter),
+            files: prune_files(self.0.files_of(table), filter),
         })
     }
 

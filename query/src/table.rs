@@ -96,10 +96,13 @@ impl ImprintTable {
     }
 }
 
-/// Files and the filter of one scan, after pruning.
-pub fn prune_files(files: &[FileEntry], filter: &PartitionFilter) -> Vec<FileEntry> {
+/// The files a scan with `filter` may need, out of `files`.
+pub fn prune_files<'a>(
+    files: impl IntoIterator<Item = &'a FileEntry>,
+    filter: &PartitionFilter,
+) -> Vec<FileEntry> {
     files
-        .iter()
+        .into_iter()
         .filter(|f| filter.allows_image(&f.image) && filter.allows_times(f.min_time, f.max_time))
         .cloned()
         .collect()
@@ -133,8 +136,9 @@ impl TableProvider for ImprintTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = self.table.schema();
         let filter = PartitionFilter::from_exprs(filters);
+        // The view is already pruned by partition (see `TableView`).
         let view = self.source.view(self.table, &filter)?;
-        let files = prune_files(&view.files, &filter);
+        let files = view.files;
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !view.batches.is_empty() {

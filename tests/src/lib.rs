@@ -164,24 +164,13 @@ impl Imprintd {
 
     /// SIGTERM and wait: a graceful stop persists everything.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("running");
+        let pid = self.pid().to_string();
         let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
         assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "imprintd did not stop in 120 s; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_exit(Duration::from_secs(120))
     }
 
     /// Waits for the process to exit by itself.

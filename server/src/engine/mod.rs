@@ -134,10 +134,9 @@ impl ViewSource for LiveView {
     ) -> datafusion::error::Result<TableView> {
         let live = self.0.read();
         let batches = live.buffer.view(table, filter)?;
-        let files: Vec<FileEntry> = live.catalog.files_of(table).cloned().collect();
         Ok(TableView {
             batches,
-            files: prune_files(&files, filter),
+            files: prune_files(live.catalog.files_of(table), filter),
         })
     }
 

@@ -64,7 +64,7 @@ pub mod client {
     use tonic::metadata::MetadataValue;
     use tonic::service::Interceptor;
     use tonic::service::interceptor::InterceptedService;
-    use tonic::transport::Channel;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
     use tonic::{Request, Status};
 
     /// Adds `authorization: Bearer <token>` to every request (nothing when the
@@ -95,6 +95,95 @@ pub mod client {
 
     /// A channel that sends a bearer token.
     pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+    /// Why a client could not reach the server.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConnectError {
+        #[error("cannot read the CA certificate {path}: {source}")]
+        CaCert {
+            path: String,
+            source: std::io::Error,
+        },
+        #[error("{server} is not a valid server address: {source}")]
+        Address {
+            server: String,
+            source: tonic::transport::Error,
+        },
+        #[error("TLS set-up for {server}: {source}")]
+        Tls {
+            server: String,
+            source: tonic::transport::Error,
+        },
+        #[error("cannot connect to {server}: {}", error_chain(source))]
+        Connect {
+            server: String,
+            source: tonic::transport::Error,
+        },
+    }
+
+    /// A transport error with its causes (tonic's Display shows only "transport error").
+    fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut out = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            // Some layers repeat their cause's text; say each thing once.
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
+
+    /// Connects to `server` (`http://host:port` or `https://host:port`), the one
+    /// way the CLI, the agent and the tests reach imprintd.
+    ///
+    /// `https://` verifies the server's certificate against `ca_cert` (a PEM file,
+    /// e.g. a self-signed CA) or, without one, the system's trusted roots. Giving
+    /// `ca_cert` with an `http://` address switches to TLS as well, so a forgotten
+    /// scheme does not silently send tokens in clear text.
+    pub async fn connect(
+        server: &str,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Channel, ConnectError> {
+        let mut address = server.to_string();
+        if ca_cert.is_some() && address.starts_with("http://") {
+            address = address.replacen("http://", "https://", 1);
+        }
+        let mut endpoint =
+            Endpoint::from_shared(address.clone()).map_err(|source| ConnectError::Address {
+                server: server.to_string(),
+                source,
+            })?;
+        if address.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            match ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| ConnectError::CaCert {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                None => tls = tls.with_native_roots(),
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|source| ConnectError::Tls {
+                    server: server.to_string(),
+                    source,
+                })?;
+        }
+        endpoint
+            .connect()
+            .await
+            .map_err(|source| ConnectError::Connect {
+                server: server.to_string(),
+                source,
+            })
+    }
 
     pub fn authed(channel: Channel, token: &str) -> Result<AuthedChannel, Status> {
         Ok(InterceptedService::new(channel, Bearer::new(token)?))

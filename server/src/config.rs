@@ -61,6 +61,15 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_HTTP_ADDR", default_value = "127.0.0.1:7341")]
     pub http_addr: SocketAddr,
 
+    /// PEM certificate chain for TLS on every listener (gRPC, Flight SQL, HTTP).
+    /// Needs --tls-key. Without both, the listeners speak plain text.
+    #[arg(long, env = "IMPRINT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "IMPRINT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Memory bound of the write buffer. At the bound, ingest answers
     /// RESOURCE_EXHAUSTED and persistence is forced. Suffixes: KiB, MiB, GiB.
     #[arg(long, env = "IMPRINT_MAX_BUFFER_BYTES", default_value = "1GiB", value_parser = parse_bytes)]

@@ -14,5 +14,6 @@ pub mod logging;
 pub mod query;
 pub mod serve;
 pub mod status;
+pub mod tls;
 pub mod validate;
 pub mod wal;

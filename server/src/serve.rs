@@ -1,6 +1,7 @@
 //! `imprintd serve`: opens the engine and runs the gRPC and HTTP listeners until
 //! SIGTERM/SIGINT, then persists everything before exiting.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -21,6 +22,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::flight::FlightSql;
 use crate::ingest::{AgentConfigService, IngestService};
 use crate::query::QueryLimits;
+use crate::tls::TlsIdentity;
 
 /// Largest gRPC message decoded. Batches over 16 MiB are refused by validation
 /// with INVALID_ARGUMENT; this only bounds what is read at all.
@@ -43,6 +45,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub fn store_location(args: &ServeArgs) -> Result<StoreLocation, ServeError> {
@@ -60,6 +64,11 @@ pub fn store_location(args: &ServeArgs) -> Result<StoreLocation, ServeError> {
 
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let location = store_location(&args)?;
+    // Checked before anything opens, so a wrong file fails the start at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+        _ => None,
+    };
     let object_store = location.object_store()?;
     let mut config = EngineConfig::new(
         args.wal_dir
@@ -69,6 +78,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     config.max_buffer_bytes = args.max_buffer_bytes as usize;
     config.persist_partition_bytes = args.persist_bytes as usize;
     config.persist_age = args.persist_age;
+    // Look often enough that a short --persist-age is honoured, at most once a second.
+    config.persist_check_interval = (args.persist_age / 4).clamp(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_secs(1),
+    );
     config.wal_segment_bytes = args.wal_segment_bytes;
     let engine = Engine::open(object_store, config.clone()).await?;
 
@@ -103,6 +117,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         http = %http_listener.local_addr().unwrap_or(args.http_addr),
         store = ?location,
         wal = %config.wal_dir.display(),
+        tls = tls.is_some(),
         "imprintd listening"
     );
 
@@ -117,7 +132,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     let grpc = {
         let mut stop = stop_rx.clone();
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.grpc_config())?;
+        }
+        builder
             .layer(GrpcAuthLayer::new(auth.clone()))
             .add_service(AdminServer::new(AdminService::new(engine.clone())))
             .add_service(AgentConfigServer::new(AgentConfigService::new(
@@ -151,11 +170,25 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let http = {
         let mut stop = stop_rx.clone();
-        axum::serve(http_listener, crate::http::router(engine.clone())).with_graceful_shutdown(
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        )
+        let router = crate::http::router(engine.clone());
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match &tls {
+            Some(tls) => {
+                let listener = tls.http_listener(http_listener).map_err(ServeError::Http)?;
+                futures::future::Either::Left(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .into_future(),
+                )
+            }
+            None => futures::future::Either::Right(
+                axum::serve(http_listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            ),
+        }
     };
     tokio::spawn(async move {
         wait_for_signal().await;

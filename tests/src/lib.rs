@@ -65,6 +65,8 @@ pub struct Imprintd {
     args: Vec<String>,
     /// The admin token the server wrote at first start (empty without auth).
     pub token: String,
+    /// The CA that signed the server's certificate, when it serves TLS.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Imprintd {
@@ -84,9 +86,45 @@ impl Imprintd {
             log: data_dir.with_extension("log"),
             args,
             token: String::new(),
+            ca_cert: None,
         };
         s.spawn(env);
         s
+    }
+
+    /// Starts the server with TLS on every listener, certificate from `tls`.
+    pub fn start_tls(data_dir: &Path, tls: &TestTls, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            tls.server_cert.display().to_string(),
+            "--tls-key".to_string(),
+            tls.server_key.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut s = Self::start(data_dir, &args);
+        s.ca_cert = Some(tls.ca_cert.clone());
+        s
+    }
+
+    /// `http://` or, with TLS, `https://` + the gRPC address.
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.ca_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// `http(s)://` + the HTTP address.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.ca_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     fn spawn(&mut self, env: &[(&str, &str)]) {
@@ -201,10 +239,9 @@ impl Imprintd {
         self.spawn(env);
     }
 
+    /// A channel the way the CLI and agent make one (TLS with the test CA when set).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .expect("uri")
-            .connect()
+        imprint_proto::client::connect(&self.grpc_url(), self.ca_cert.as_deref())
             .await
             .expect("connect")
     }
@@ -266,10 +303,12 @@ impl Imprintd {
     }
 
     pub fn healthz(&self) -> serde_json::Value {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}/healthz", self.http_addr)])
-            .output()
-            .expect("curl");
+        let mut curl = Command::new("curl");
+        curl.args(["-sf", &format!("{}/healthz", self.http_url())]);
+        if let Some(ca) = &self.ca_cert {
+            curl.arg("--cacert").arg(ca);
+        }
+        let out = curl.output().expect("curl");
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 }
@@ -277,6 +316,50 @@ impl Imprintd {
 impl Drop for Imprintd {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A throw-away certificate authority and a server certificate it signed, for
+/// `localhost` and `127.0.0.1`, written as PEM files into a directory.
+#[derive(Debug)]
+pub struct TestTls {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Imprint test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().expect("server key");
+        let mut server_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "imprintd");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+
+        let tls = Self {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+        };
+        std::fs::write(&tls.ca_cert, ca_cert.pem()).expect("write CA");
+        std::fs::write(&tls.server_cert, server_cert.pem()).expect("write cert");
+        std::fs::write(&tls.server_key, server_key.serialize_pem()).expect("write key");
+        tls
     }
 }
 

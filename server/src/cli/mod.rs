@@ -17,7 +17,7 @@ use imprint_proto::admin_v1::{
     SetSettingRequest,
 };
 use imprint_proto::client::{AuthedChannel, authed};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use output::OutputFormat;
 
@@ -46,6 +46,11 @@ pub struct Cli {
         default_value = "./imprint-data"
     )]
     pub data_dir: PathBuf,
+
+    /// PEM file of the CA that signed the server's TLS certificate (e.g. a
+    /// self-signed one). Implies TLS; without it `https://` uses the system roots.
+    #[arg(long, global = true, env = "IMPRINT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -104,12 +109,9 @@ pub enum SettingsCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "cannot connect to {server}: {source} (is imprintd running? set --server or IMPRINT_SERVER)"
+        "{0} (is imprintd running? set --server or IMPRINT_SERVER; with TLS use https:// and --ca-cert)"
     )]
-    Connect {
-        server: String,
-        source: tonic::transport::Error,
-    },
+    Connect(#[from] imprint_proto::client::ConnectError),
     #[error("{0}")]
     Server(String),
     #[error("writing the output: {0}")]
@@ -135,21 +137,6 @@ impl Cli {
             .map(|t| t.trim().to_string())
             .unwrap_or_default()
     }
-}
-
-pub async fn connect(server: &str) -> Result<Channel, CliError> {
-    let endpoint =
-        Endpoint::from_shared(server.to_string()).map_err(|source| CliError::Connect {
-            server: server.to_string(),
-            source,
-        })?;
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| CliError::Connect {
-            server: server.to_string(),
-            source,
-        })
 }
 
 /// Runs `query` over Flight SQL and collects every batch.
@@ -192,7 +179,7 @@ fn micros_text(us: i64) -> String {
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let token = cli.resolve_token();
-    let channel = connect(&cli.server).await?;
+    let channel = imprint_proto::client::connect(&cli.server, cli.ca_cert.as_deref()).await?;
     let admin = |channel: Channel| -> Result<AdminClient<AuthedChannel>, CliError> {
         Ok(AdminClient::new(
             authed(channel, &token).map_err(status_error)?,

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod file_scan;
 pub mod layout;
 pub mod prune;
 pub mod schema;

@@ -9,20 +9,17 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::DFSchema;
-use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use crate::catalog::FileEntry;
+pub use crate::file_scan::STORE_URL;
+use crate::file_scan::parquet_scan;
 use crate::prune::PartitionFilter;
 use crate::schema::StoredTable;
 
@@ -80,9 +77,6 @@ impl TableProvider for SettingsTable {
         Ok(DataSourceExec::from_data_source(mem))
     }
 }
-
-/// The URL under which the store's object store is registered in the session.
-pub const STORE_URL: &str = "imprint://store/";
 
 #[derive(Debug)]
 pub struct ImprintTable {
@@ -149,19 +143,9 @@ impl TableProvider for ImprintTable {
         }
 
         if !files.is_empty() {
-            let mut source = ParquetSource::new(schema.clone());
-            if let Some(predicate) = conjunction(filters.to_vec()) {
-                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-            }
-            let groups = file_groups(&files, state.config().target_partitions());
-            let config =
-                FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORE_URL)?, Arc::new(source))
-                    .with_file_groups(groups)
-                    .with_projection_indices(projection.cloned())?
-                    .with_limit(limit)
-                    .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            inputs.push(parquet_scan(
+                state, self.table, &files, projection, filters, limit,
+            )?);
         }
 
         match inputs.len() {
@@ -175,21 +159,4 @@ impl TableProvider for ImprintTable {
             _ => UnionExec::try_new(inputs),
         }
     }
-}
-
-/// Spreads files over `n` groups of about equal bytes, so a scan uses every core.
-fn file_groups(files: &[FileEntry], n: usize) -> Vec<FileGroup> {
-    let n = n.max(1).min(files.len());
-    let mut sorted: Vec<&FileEntry> = files.iter().collect();
-    sorted.sort_by_key(|f| std::cmp::Reverse(f.bytes));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
-    for f in sorted {
-        let g = groups.iter_mut().min_by_key(|(b, _)| *b).expect("n >= 1");
-        g.0 += f.bytes;
-        g.1.push(PartitionedFile::new(f.path.clone(), f.bytes));
-    }
-    groups
-        .into_iter()
-        .map(|(_, files)| FileGroup::new(files))
-        .collect()
 }

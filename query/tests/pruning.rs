@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use imprint_query::Store;
 use imprint_query::catalog::{Catalog, Commit, FileEntry};
 use imprint_query::layout::{HOUR_MICROS, PartitionKey};
-use imprint_query::schema::{FINGERPRINTS_SCHEMA, StoredTable};
+use imprint_query::schema::{FINGERPRINTS_SCHEMA, StoredTable, to_file_batch};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -137,8 +137,10 @@ async fn files_outside_the_predicate_are_never_opened() {
             &format!("{}-{hour}", &image[7..9]),
         );
         let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, FINGERPRINTS_SCHEMA.clone(), None).unwrap();
-        w.write(&batch(image, hour, rows)).unwrap();
+        let file_batch =
+            to_file_batch(StoredTable::Fingerprints, &batch(image, hour, rows)).unwrap();
+        let mut w = ArrowWriter::try_new(&mut buf, file_batch.schema(), None).unwrap();
+        w.write(&file_batch).unwrap();
         w.close().unwrap();
         let bytes = buf.len() as u64;
         local.put(&path, PutPayload::from(buf)).await.unwrap();
@@ -228,4 +230,27 @@ async fn files_outside_the_predicate_are_never_opened() {
         70
     );
     assert_eq!(counting.parquet_reads().len(), 3);
+
+    // window_end is computed from the stored window length, in any projection
+    // order, and filters on it apply (above the scan).
+    let q = "SELECT count(*) FROM fingerprints \
+             WHERE window_end = time + INTERVAL '30 seconds' AND window_end > time";
+    assert_eq!(count(store.sql(q).await.unwrap()), 70);
+    let rows = store
+        .sql(&format!(
+            "SELECT key, window_end, image FROM fingerprints \
+             WHERE window_end <= to_timestamp_micros({}) ORDER BY window_end",
+            h0 + 31_000_000
+        ))
+        .await
+        .unwrap();
+    let got = arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string();
+    assert!(got.contains("call0") && got.contains("call1"), "{got}");
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 4, "{got}");
+    assert_eq!(
+        rows[0].schema().field(1).data_type(),
+        FINGERPRINTS_SCHEMA.field(1).data_type()
+    );
 }

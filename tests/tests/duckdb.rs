@@ -29,7 +29,8 @@ async fn duckdb_reads_the_hive_layout_and_agrees_with_imprint() {
     let image = fleet.image_digest(1).to_string();
     let imprint_query = format!(
         "SELECT image, CAST(date_part('hour', time) AS BIGINT) AS hour, kind, key, count(*) AS n, sum(count) AS c, \
-         count(DISTINCT container_id) AS containers FROM fingerprints WHERE image <> '{image}' GROUP BY 1, 2, 3, 4"
+         count(DISTINCT container_id) AS containers, max(CAST(window_end AS BIGINT)) AS last_end \
+         FROM fingerprints WHERE image <> '{image}' GROUP BY 1, 2, 3, 4"
     );
     let imprint_rows = rows_as_text(&server.sql(&imprint_query).await);
     assert!(server.terminate().success());
@@ -42,7 +43,8 @@ con.execute("SET TimeZone = 'UTC'")
 rows = con.execute("""
   SELECT replace(image, 'sha256_', 'sha256:') AS image,
          CAST(hour(time) AS BIGINT) AS hour, kind, key,
-         count(*) AS n, sum(count) AS c, count(DISTINCT container_id) AS containers
+         count(*) AS n, sum(count) AS c, count(DISTINCT container_id) AS containers,
+         max(epoch_us(time) + window_micros) AS last_end
   FROM read_parquet('{root}/fingerprints/**/*.parquet', hive_partitioning = true)
   WHERE replace(image, 'sha256_', 'sha256:') <> '{image}'
   GROUP BY ALL

@@ -6,14 +6,12 @@
 //! page-level statistics for pruning. Steady-state fingerprints then cost about one
 //! byte per item (see bench/README.md).
 
-use std::sync::Arc;
-
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{
     SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
 };
 use arrow::error::ArrowError;
-use imprint_query::schema::StoredTable;
+use imprint_query::schema::{StoredTable, to_file_batch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -54,11 +52,10 @@ pub fn writer_properties() -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(1024 * 1024))
         .set_dictionary_enabled(true);
-    for c in ["time", "window_end"] {
-        b = b
-            .set_column_dictionary_enabled(ColumnPath::from(c), false)
-            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
-    }
+    // `window_micros` keeps the dictionary: one value, one run.
+    b = b
+        .set_column_dictionary_enabled(ColumnPath::from("time"), false)
+        .set_column_encoding(ColumnPath::from("time"), Encoding::DELTA_BINARY_PACKED);
     b.build()
 }
 
@@ -97,8 +94,9 @@ pub fn encode(
     );
 
     let mut bytes = Vec::with_capacity(rows * 2);
-    let mut w = ArrowWriter::try_new(&mut bytes, Arc::clone(&schema), Some(writer_properties()))?;
-    w.write(&sorted)?;
+    let file_batch = to_file_batch(table, &sorted)?;
+    let mut w = ArrowWriter::try_new(&mut bytes, table.file_schema(), Some(writer_properties()))?;
+    w.write(&file_batch)?;
     w.close()?;
     Ok(Some(EncodedFile {
         bytes,

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod error;
 pub mod file_scan;
 pub mod layout;
+pub mod profile;
 pub mod prune;
 pub mod schema;
 pub mod settings;

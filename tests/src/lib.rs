@@ -527,3 +527,4 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+pub mod slt;

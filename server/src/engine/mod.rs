@@ -19,7 +19,7 @@
 pub mod buffer;
 pub mod parquet;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,8 +28,12 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
-use imprint_proto::ingest_v1::{FingerprintBatch, PushAck};
+use imprint_proto::ingest_v1::{FingerprintBatch, ItemKind, PushAck};
 use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry};
+use imprint_query::profile::tables::{
+    ProfileSource, ProfileTable, ProfileTableKind, learning_period_micros,
+};
+use imprint_query::profile::{ImageProfile, WindowFacts};
 use imprint_query::prune::PartitionFilter;
 use imprint_query::schema::StoredTable;
 use imprint_query::store::{default_session_config, new_session};
@@ -121,6 +125,9 @@ struct WriteRequest {
 struct Live {
     buffer: Buffer,
     catalog: Arc<CatalogState>,
+    /// Every image's profile over everything acked (files and buffer), kept
+    /// current by the writer in the same step as the buffer.
+    profiles: HashMap<String, ImageProfile>,
 }
 
 #[derive(Debug)]
@@ -142,6 +149,50 @@ impl ViewSource for LiveView {
 
     fn settings(&self) -> BTreeMap<String, String> {
         self.0.read().catalog.settings.clone()
+    }
+}
+
+impl ProfileSource for LiveView {
+    fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
+        let live = self.0.read();
+        let period = learning_period_micros(&live.catalog.settings);
+        match &filter.images {
+            Some(images) => images
+                .iter()
+                .filter_map(|i| live.profiles.get(i).map(|p| (i.clone(), period, p.clone())))
+                .collect(),
+            None => live
+                .profiles
+                .iter()
+                .map(|(i, p)| (i.clone(), period, p.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Adds a batch's fingerprints to the image profiles.
+fn apply_to_profiles(profiles: &mut HashMap<String, ImageProfile>, batch: &FingerprintBatch) {
+    for fp in &batch.fingerprints {
+        let profile = match profiles.get_mut(&fp.image) {
+            Some(p) => p,
+            None => profiles.entry(fp.image.clone()).or_default(),
+        };
+        let c = fp.completeness.unwrap_or_default();
+        profile.apply(
+            &fp.image_name,
+            &fp.node,
+            &fp.container_id,
+            (fp.window_start_unix_micros, fp.window_end_unix_micros),
+            WindowFacts {
+                dropped_events: c.dropped_events,
+                capture_paused: c.capture_paused,
+                started_after_container: c.started_after_container,
+            },
+            fp.items.iter().map(|i| {
+                let kind = ItemKind::try_from(i.kind).unwrap_or(ItemKind::Unspecified);
+                (kind.sql_name(), i.key.as_str(), i.count)
+            }),
+        );
     }
 }
 
@@ -224,6 +275,7 @@ impl Engine {
         let live = Arc::new(RwLock::new(Live {
             buffer,
             catalog: Arc::new(state.clone()),
+            profiles: HashMap::new(),
         }));
         let session = new_session(
             object_store.clone(),
@@ -236,6 +288,22 @@ impl Engine {
                     .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
             ),
         )?;
+        let view = Arc::new(LiveView(live.clone()));
+        for (name, kind) in [
+            ("profiles", ProfileTableKind::Profiles),
+            ("profile_status", ProfileTableKind::Status),
+        ] {
+            session.register_table(name, Arc::new(ProfileTable::new(kind, view.clone())))?;
+        }
+        // Profiles are derived from what is stored (files + replayed buffer).
+        let started = std::time::Instant::now();
+        let profiles = imprint_query::profile::rebuild::from_tables(&session).await?;
+        info!(
+            images = profiles.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "profiles computed from stored data"
+        );
+        live.write().profiles = profiles;
         let buffer_bytes = live.read().buffer.bytes();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),
@@ -541,6 +609,7 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
                     live.buffer
                         .apply(first_seq + i as u64, &r.batch, &|_| false),
                 );
+                apply_to_profiles(&mut live.profiles, &r.batch);
             }
             live.buffer.bytes()
         };

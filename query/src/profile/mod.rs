@@ -1,0 +1,398 @@
+//! Image profiles: every container of one image digest, on every node, merged
+//! into one profile; its learning state, completeness and per-category
+//! confidence. Pure logic over [`ImageProfile`], which the server keeps current as
+//! fingerprints arrive; the rules are documented with worked examples in
+//! `docs/profiles.md`.
+
+mod confidence;
+mod observed;
+pub mod rebuild;
+pub mod tables;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+pub use confidence::{Confidence, ConfidenceLevel, MIN_WINDOWS, confidence};
+pub use observed::ObservedTime;
+
+/// The four categories a profile is judged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Network,
+    Processes,
+    Files,
+    Syscalls,
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [
+        Category::Network,
+        Category::Processes,
+        Category::Files,
+        Category::Syscalls,
+    ];
+
+    /// The category of an item kind (`None` for an unknown kind).
+    pub fn of_kind(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "tcp_in" | "tcp_out" | "udp_in" | "udp_out" => Category::Network,
+            "process" => Category::Processes,
+            "file_read" | "file_write" | "dir_read" | "dir_write" => Category::Files,
+            "syscall" => Category::Syscalls,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Network => "network",
+            Category::Processes => "processes",
+            Category::Files => "files",
+            Category::Syscalls => "syscalls",
+        }
+    }
+}
+
+/// One item (kind, key) of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemStats {
+    /// Start of the first window that had it (µs).
+    pub first_seen: i64,
+    /// End of the last window that had it (µs).
+    pub last_seen: i64,
+    /// Fingerprints (container × window) that had it.
+    pub windows: u64,
+    /// Sum of its counts.
+    pub count: u64,
+    /// Which containers had it (ids into [`ImageProfile`]'s container list).
+    pub containers: BTreeSet<u32>,
+}
+
+/// The completeness facts of one fingerprint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowFacts {
+    pub dropped_events: u64,
+    pub capture_paused: bool,
+    pub started_after_container: bool,
+}
+
+/// Why a profile is partial: how many fingerprints had each problem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completeness {
+    pub windows_with_dropped_events: u64,
+    pub windows_capture_paused: u64,
+    pub windows_started_after_container: u64,
+}
+
+impl Completeness {
+    pub fn is_complete(&self) -> bool {
+        self.reasons().is_empty()
+    }
+
+    /// `dropped_events`, `capture_paused`, `started_after_container`, as applies.
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if self.windows_with_dropped_events > 0 {
+            r.push("dropped_events");
+        }
+        if self.windows_capture_paused > 0 {
+            r.push("capture_paused");
+        }
+        if self.windows_started_after_container > 0 {
+            r.push("started_after_container");
+        }
+        r
+    }
+}
+
+/// Everything known about one image's behaviour since its profile (re)started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProfile {
+    pub image_name: String,
+    pub observed: ObservedTime,
+    /// Fingerprints seen.
+    pub windows: u64,
+    /// Container ids, indexed by the ids in [`ItemStats::containers`].
+    pub containers: Vec<String>,
+    /// The node of each container (same index as `containers`).
+    pub container_nodes: Vec<String>,
+    #[serde(skip)]
+    container_ids: HashMap<String, u32>,
+    pub nodes: BTreeSet<String>,
+    /// Items by kind, then key (nested so lookups by `&str` need no allocation).
+    pub items: BTreeMap<String, BTreeMap<String, ItemStats>>,
+    pub completeness: Completeness,
+}
+
+impl ImageProfile {
+    fn container_id(&mut self, container: &str) -> u32 {
+        if self.container_ids.len() != self.containers.len() {
+            // Rebuilt after deserialising.
+            self.container_ids = self
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.clone(), i as u32))
+                .collect();
+        }
+        if let Some(&id) = self.container_ids.get(container) {
+            return id;
+        }
+        let id = self.containers.len() as u32;
+        self.containers.push(container.to_string());
+        self.container_nodes.push(String::new());
+        self.container_ids.insert(container.to_string(), id);
+        id
+    }
+
+    /// Adds one fingerprint: a window of one container and its items.
+    pub fn apply<'a>(
+        &mut self,
+        image_name: &str,
+        node: &str,
+        container: &str,
+        window: (i64, i64),
+        facts: WindowFacts,
+        items: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+    ) {
+        self.add_window(image_name, node, container, window, facts);
+        for (kind, key, count) in items {
+            self.add_item(kind, key, container, window, 1, count);
+        }
+    }
+
+    /// Adds the window of one fingerprint (a row of the `windows` table).
+    pub fn add_window(
+        &mut self,
+        image_name: &str,
+        node: &str,
+        container: &str,
+        (start, end): (i64, i64),
+        facts: WindowFacts,
+    ) {
+        if self.image_name != image_name && self.observed.last().is_none_or(|l| end >= l) {
+            // The latest name seen is the label (a retag keeps the profile).
+            self.image_name = image_name.to_string();
+        }
+        self.observed.insert(start, end);
+        self.windows += 1;
+        if !self.nodes.contains(node) {
+            self.nodes.insert(node.to_string());
+        }
+        let c = self.container_id(container) as usize;
+        if self.container_nodes[c] != node {
+            self.container_nodes[c] = node.to_string();
+        }
+        if facts.dropped_events > 0 {
+            self.completeness.windows_with_dropped_events += 1;
+        }
+        if facts.capture_paused {
+            self.completeness.windows_capture_paused += 1;
+        }
+        if facts.started_after_container {
+            self.completeness.windows_started_after_container += 1;
+        }
+    }
+
+    /// Adds an item seen by `container` in `windows` fingerprints spanning
+    /// `(first_seen, last_seen)` with a total `count`: one fingerprint's item, or
+    /// a summary of many.
+    pub fn add_item(
+        &mut self,
+        kind: &str,
+        key: &str,
+        container: &str,
+        (first_seen, last_seen): (i64, i64),
+        windows: u64,
+        count: u64,
+    ) {
+        let c = self.container_id(container);
+        if !self.items.contains_key(kind) {
+            self.items.insert(kind.to_string(), BTreeMap::new());
+        }
+        let of_kind = self.items.get_mut(kind).expect("inserted above");
+        let stats = match of_kind.get_mut(key) {
+            Some(s) => s,
+            None => of_kind.entry(key.to_string()).or_insert_with(|| ItemStats {
+                first_seen,
+                last_seen,
+                ..Default::default()
+            }),
+        };
+        stats.first_seen = stats.first_seen.min(first_seen);
+        stats.last_seen = stats.last_seen.max(last_seen);
+        stats.windows += windows;
+        stats.count += count;
+        stats.containers.insert(c);
+    }
+
+    /// Every item as (kind, key, stats).
+    pub fn iter_items(&self) -> impl Iterator<Item = (&str, &str, &ItemStats)> {
+        self.items.iter().flat_map(|(kind, keys)| {
+            keys.iter()
+                .map(move |(k, s)| (kind.as_str(), k.as_str(), s))
+        })
+    }
+
+    /// Distinct nodes of the containers that saw an item.
+    pub fn item_nodes(&self, stats: &ItemStats) -> usize {
+        let nodes: BTreeSet<&str> = stats
+            .containers
+            .iter()
+            .filter_map(|&c| self.container_nodes.get(c as usize))
+            .map(String::as_str)
+            .collect();
+        nodes.len()
+    }
+
+    pub fn item(&self, kind: &str, key: &str) -> Option<&ItemStats> {
+        self.items.get(kind)?.get(key)
+    }
+
+    /// The learning state for a learning period (µs).
+    pub fn status(&self, learning_period_micros: i64) -> ProfileStatus {
+        let learned_at = self.observed.moment_reaching(learning_period_micros.max(0));
+        let observed = self.observed.total();
+        let confidence = Category::ALL.map(|c| (c, confidence(self, c, learning_period_micros)));
+        ProfileStatus {
+            image_name: self.image_name.clone(),
+            done_learning: learned_at.is_some(),
+            first_seen: self.observed.first(),
+            last_seen: self.observed.last(),
+            learned_at,
+            observed_seconds: observed as f64 / 1e6,
+            containers: self.containers.len() as u64,
+            nodes: self.nodes.len() as u64,
+            completeness: self.completeness,
+            confidence,
+        }
+    }
+
+    /// Whether an item first seen at `first_seen` is part of the learned baseline:
+    /// everything is while learning; afterwards only what was seen before `learned_at`.
+    pub fn in_baseline(first_seen: i64, learned_at: Option<i64>) -> bool {
+        learned_at.is_none_or(|at| first_seen < at)
+    }
+}
+
+/// What `profile_status` shows for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileStatus {
+    pub image_name: String,
+    pub done_learning: bool,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub learned_at: Option<i64>,
+    pub observed_seconds: f64,
+    pub containers: u64,
+    pub nodes: u64,
+    pub completeness: Completeness,
+    pub confidence: [(Category, Confidence); 4],
+}
+
+impl ProfileStatus {
+    pub fn state(&self) -> &'static str {
+        if self.done_learning {
+            "done_learning"
+        } else {
+            "learning"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn window(p: &mut ImageProfile, container: &str, node: &str, w: i64, items: &[(&str, &str)]) {
+        p.apply(
+            "app:1",
+            node,
+            container,
+            (w * 30 * S, (w + 1) * 30 * S),
+            WindowFacts::default(),
+            items.iter().map(|(k, v)| (*k, *v, 1)),
+        );
+    }
+
+    #[test]
+    fn parallel_containers_do_not_add_observed_time_and_gaps_do_not_count() {
+        let mut p = ImageProfile::default();
+        for w in 0..4 {
+            window(&mut p, "c1", "n1", w, &[("process", "/app")]);
+            window(&mut p, "c2", "n2", w, &[("process", "/app")]);
+        }
+        window(&mut p, "c1", "n1", 10, &[("process", "/app")]);
+        let s = p.status(3600 * S);
+        assert_eq!(s.observed_seconds, 150.0);
+        assert_eq!((s.containers, s.nodes), (2, 2));
+        assert!(!s.done_learning);
+        let item = p.item("process", "/app").unwrap();
+        assert_eq!((item.windows, item.containers.len()), (9, 2));
+    }
+
+    #[test]
+    fn done_learning_exactly_when_observed_time_reaches_the_period() {
+        let mut p = ImageProfile::default();
+        for w in 0..3 {
+            window(&mut p, "c1", "n1", w, &[("process", "/app")]);
+        }
+        assert!(!p.status(91 * S).done_learning);
+        let s = p.status(90 * S);
+        assert!(s.done_learning);
+        assert_eq!(s.learned_at, Some(90 * S));
+        // With a gap, the moment moves past it.
+        window(&mut p, "c1", "n1", 5, &[("process", "/new")]);
+        let s = p.status(100 * S);
+        assert_eq!(s.learned_at, Some(150 * S + 10 * S));
+        let new = p.item("process", "/new").unwrap();
+        assert!(ImageProfile::in_baseline(new.first_seen, s.learned_at));
+        assert!(!ImageProfile::in_baseline(
+            new.first_seen,
+            p.status(90 * S).learned_at
+        ));
+    }
+
+    #[test]
+    fn completeness_names_its_reasons() {
+        let mut p = ImageProfile::default();
+        window(&mut p, "c1", "n1", 0, &[]);
+        assert!(p.completeness.is_complete());
+        p.apply(
+            "app:1",
+            "n1",
+            "c1",
+            (30 * S, 60 * S),
+            WindowFacts {
+                dropped_events: 3,
+                capture_paused: false,
+                started_after_container: true,
+            },
+            [],
+        );
+        assert_eq!(
+            p.completeness.reasons(),
+            vec!["dropped_events", "started_after_container"]
+        );
+    }
+
+    #[test]
+    fn the_latest_image_name_is_the_label() {
+        let mut p = ImageProfile::default();
+        window(&mut p, "c1", "n1", 1, &[]);
+        p.apply(
+            "app:2",
+            "n1",
+            "c2",
+            (60 * S, 90 * S),
+            WindowFacts::default(),
+            [],
+        );
+        p.apply("app:0", "n1", "c3", (0, 30 * S), WindowFacts::default(), []);
+        assert_eq!(p.image_name, "app:2");
+    }
+}

@@ -99,6 +99,14 @@ pub fn bool_value(stored: &BTreeMap<String, String>, key: &str) -> bool {
     value(stored, key) == "true"
 }
 
+/// A duration setting; a stored value that does not parse (validation prevents
+/// it) counts as the setting's default.
+pub fn duration_value(stored: &BTreeMap<String, String>, key: &str) -> Duration {
+    parse_duration(value(stored, key))
+        .or_else(|_| parse_duration(def(key).map_or("", |d| d.default)))
+        .unwrap_or_default()
+}
+
 /// `250ms`, `30s`, `5m`, `24h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -21,7 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::{Category, ImageProfile};
 use crate::prune::PartitionFilter;
 use crate::schema::timestamp_type;
-use crate::settings::{LEARNING_PERIOD, parse_duration, value};
+use crate::settings::{LEARNING_PERIOD, duration_value};
 
 /// Where the profile tables get their state: the server's live profiles.
 pub trait ProfileSource: Send + Sync + Debug {
@@ -30,12 +30,9 @@ pub trait ProfileSource: Send + Sync + Debug {
     fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)>;
 }
 
-/// The learning period the settings give (default 24 h).
+/// The learning period the settings give, in microseconds.
 pub fn learning_period_micros(settings: &BTreeMap<String, String>) -> i64 {
-    parse_duration(value(settings, LEARNING_PERIOD))
-        .or_else(|_| parse_duration("24h"))
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(86_400_000_000)
+    duration_value(settings, LEARNING_PERIOD).as_micros() as i64
 }
 
 /// `profiles(image, image_name, kind, key, first_seen, last_seen, containers,

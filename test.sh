@@ -6,6 +6,8 @@
 #   - a Python venv with duckdb, moto[server], boto3, pyarrow and the ADBC Flight SQL
 #     driver (from PyPI)
 #   - curl (apt), used to probe /healthz
+#   - the eBPF toolchain and the agent tests' tools (scripts/setup-ebpf.sh: LLVM 22, nightly
+#     with rust-src, bpf-linker, podman, runc, debootstrap, strace); needs root for apt
 # Environment:
 #   CARGO_TARGET_DIR   reuse a build directory (default ./target)
 #   IMPRINT_VENV       where the Python venv lives (default ./.venv)
@@ -20,6 +22,16 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || echo "warning: rustup cou
 if ! command -v curl >/dev/null; then
   step "installing curl"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends curl
+fi
+
+step "eBPF toolchain, podman, strace"
+if [ "$(id -u)" = 0 ]; then
+  ./scripts/setup-ebpf.sh
+  # As root the agent tests can run, so they must: a reason to skip becomes a failure.
+  export IMPRINT_REQUIRE_EBPF=1
+else
+  echo "warning: not root: cannot apt-get LLVM 22/podman; building the eBPF programs needs"
+  echo "         scripts/setup-ebpf.sh run as root once. The agent tests will print SKIPPED."
 fi
 
 VENV="${IMPRINT_VENV:-$PWD/.venv}"

@@ -4,7 +4,10 @@
 //! - `ingest`: the ingest benchmark of bench/README.md — end-to-end items/s and ack
 //!   latency with 1, 4 and 16 concurrent agents against the real `imprintd` (WAL
 //!   fsync'd), the in-process ceiling on the same batches, and bytes on disk per item.
+//! - `agent`: the agent benchmark — overhead on a syscall loop and a realistic workload, bare vs
+//!   attached, and the agent's own CPU and RSS watching busy containers (root).
 
+mod agent;
 mod ingest;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +48,11 @@ enum Command {
     },
     /// Run the ingest benchmark and print its figures.
     Ingest(ingest::IngestArgs),
+    /// Run the agent benchmark and print its figures (needs root).
+    Agent(agent::AgentArgs),
+    /// Make N getppid() calls and print the nanoseconds they took (the agent benchmark's loop).
+    #[command(hide = true)]
+    SyscallLoop { calls: u64 },
 }
 
 #[tokio::main]
@@ -97,6 +105,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("pushed {items} items in {batches} batches to {server}");
         }
         Command::Ingest(args) => ingest::run(args).await?,
+        Command::Agent(args) => agent::run(args)?,
+        Command::SyscallLoop { calls } => agent::syscall_loop(calls),
     }
     Ok(())
 }

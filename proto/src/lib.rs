@@ -60,6 +60,59 @@ impl ingest::v1::ItemKind {
 }
 
 /// Client-side helpers shared by the CLI, the benchmarks and the tests.
+/// The text form of durations in settings values and command lines (`SetSetting` takes
+/// `"24h"`), shared by the server, the CLI and the agent.
+pub mod duration {
+    use std::time::Duration;
+
+    /// `250ms`, `30s`, `5m`, `24h`, `30d`.
+    pub fn parse_duration(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 5m, 24h"))?;
+        let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+        match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
+            u => {
+                return Err(format!(
+                    "unknown duration unit {u:?} in {s:?}: use ms, s, m, h or d"
+                ));
+            }
+        }
+        .ok_or_else(|| format!("{s:?} is too long"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn units_and_mistakes() {
+            assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+            assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+            assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+            assert!(
+                parse_duration("30")
+                    .expect_err("no unit")
+                    .contains("needs a unit")
+            );
+            assert!(
+                parse_duration("3w")
+                    .expect_err("unit")
+                    .contains("unknown duration unit")
+            );
+        }
+    }
+}
+
 pub mod client {
     use tonic::metadata::MetadataValue;
     use tonic::service::Interceptor;

@@ -107,30 +107,8 @@ pub fn duration_value(stored: &BTreeMap<String, String>, key: &str) -> Duration 
         .unwrap_or_default()
 }
 
-/// `250ms`, `30s`, `5m`, `24h`, `30d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 5m, 24h"))?;
-    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
-        u => {
-            return Err(format!(
-                "unknown duration unit {u:?} in {s:?}: use ms, s, m, h or d"
-            ));
-        }
-    }
-    .ok_or_else(|| format!("{s:?} is too long"))
-}
+/// Durations are written as in the wire contract: `250ms`, `30s`, `5m`, `24h`, `30d`.
+pub use imprint_proto::duration::parse_duration;
 
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

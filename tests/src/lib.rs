@@ -46,7 +46,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -131,6 +131,10 @@ impl Imprintd {
         let (g, h) = (free_port(), free_port());
         self.grpc_addr = format!("127.0.0.1:{g}");
         self.http_addr = format!("127.0.0.1:{h}");
+        self.spawn_on_ports(env);
+    }
+
+    fn spawn_on_ports(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -232,6 +236,13 @@ impl Imprintd {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
         self.spawn(&[]);
+    }
+
+    /// Starts again with the same data, flags and ports (clients that know the address, like
+    /// an agent, find it again).
+    pub fn restart_on_same_ports(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn_on_ports(&[]);
     }
 
     pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
@@ -527,4 +538,5 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+pub mod agent;
 pub mod slt;

@@ -1,0 +1,261 @@
+//! Attribution: cgroup id → cgroup path → container id → image.
+//!
+//! The capture loop asks [`Attributor::lookup`] for every cgroup it has events of; the answer is
+//! cached. An unknown cgroup is `Pending` while a resolver thread works it out (the runtime API
+//! may take a moment, and may not know a container that is still being created), so the capture
+//! loop never blocks; its events are kept until the answer comes.
+
+pub mod cgroups;
+pub mod container_id;
+pub mod runtime_api;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use cgroups::CgroupIndex;
+
+/// A container the agent attributes events to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub image: String,
+    pub image_name: String,
+    /// The cgroup existed when the agent started: its start-up was not seen.
+    pub started_before_agent: bool,
+    /// How it was resolved, for logs: "podman", "static", ….
+    pub source: &'static str,
+}
+
+/// What a cgroup is.
+#[derive(Clone, Debug)]
+pub enum Attribution {
+    Container(Arc<Container>),
+    /// A host cgroup, or one that never resolved: its events are not recorded.
+    NotContainer,
+    /// Not known yet.
+    Pending,
+}
+
+/// A `--cgroup-image PATH=DIGEST[,NAME]` mapping for cgroups no runtime manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticMapping {
+    /// Path under the cgroup v2 mount, starting with `/`.
+    pub path: String,
+    pub image: String,
+    pub image_name: String,
+}
+
+impl std::str::FromStr for StaticMapping {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (path, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected PATH=DIGEST[,NAME]"))?;
+        let (image, image_name) = rest.split_once(',').unwrap_or((rest, ""));
+        let hex = image.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "{text:?}: the digest must be \"sha256:\" and 64 lowercase hex characters, got {image:?}"
+            ));
+        }
+        let path = format!("/{}", path.trim_matches('/'));
+        Ok(StaticMapping {
+            path,
+            image: image.to_string(),
+            image_name: image_name.to_string(),
+        })
+    }
+}
+
+/// How long an unresolved cgroup is retried before its events are given up (and counted).
+pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(120);
+
+pub struct Attributor {
+    cache: Arc<Mutex<HashMap<u64, Attribution>>>,
+    requested: HashSet<u64>,
+    requests: Sender<u64>,
+}
+
+struct Resolver {
+    index: CgroupIndex,
+    mappings: Vec<StaticMapping>,
+    sockets: Vec<PathBuf>,
+    preexisting: HashSet<u64>,
+    cache: Arc<Mutex<HashMap<u64, Attribution>>>,
+}
+
+impl Attributor {
+    /// Starts the resolver thread. `preexisting` cgroups get `started_before_agent`.
+    pub fn start(
+        index: CgroupIndex,
+        mappings: Vec<StaticMapping>,
+        sockets: Vec<PathBuf>,
+    ) -> Attributor {
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        let (requests, receiver) = channel();
+        let resolver = Resolver {
+            preexisting: index.ids().collect(),
+            index,
+            mappings,
+            sockets,
+            cache: cache.clone(),
+        };
+        std::thread::Builder::new()
+            .name("attribution".into())
+            .spawn(move || resolver.run(receiver))
+            .expect("spawn attribution thread");
+        Attributor {
+            cache,
+            requested: HashSet::new(),
+            requests,
+        }
+    }
+
+    pub fn lookup(&mut self, cgroup: u64) -> Attribution {
+        if let Some(found) = self.cache.lock().get(&cgroup) {
+            return found.clone();
+        }
+        if self.requested.insert(cgroup) {
+            let _ = self.requests.send(cgroup);
+        }
+        Attribution::Pending
+    }
+}
+
+impl Resolver {
+    fn run(mut self, requests: Receiver<u64>) {
+        // (cgroup, first asked, next try)
+        let mut retry: VecDeque<(u64, Instant, Instant)> = VecDeque::new();
+        loop {
+            let wait = retry
+                .front()
+                .map(|(_, _, next)| next.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            match requests.recv_timeout(wait) {
+                Ok(cgroup) => {
+                    if !self.try_resolve(cgroup) {
+                        retry.push_back((
+                            cgroup,
+                            Instant::now(),
+                            Instant::now() + Duration::from_millis(200),
+                        ));
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            let mut again = VecDeque::new();
+            while let Some((cgroup, first, next)) = retry.pop_front() {
+                if next > now {
+                    again.push_back((cgroup, first, next));
+                    continue;
+                }
+                if self.try_resolve(cgroup) {
+                    continue;
+                }
+                if now.duration_since(first) > RESOLVE_DEADLINE {
+                    tracing::warn!(
+                        cgroup,
+                        "cgroup did not resolve to a container within {RESOLVE_DEADLINE:?}; its events are dropped"
+                    );
+                    self.cache.lock().insert(cgroup, Attribution::NotContainer);
+                } else {
+                    let backoff = (now.duration_since(first) / 2)
+                        .clamp(Duration::from_millis(200), Duration::from_secs(10));
+                    again.push_back((cgroup, first, now + backoff));
+                }
+            }
+            retry = again;
+        }
+    }
+
+    /// Resolves `cgroup` into the cache; false when it should be tried again later.
+    fn try_resolve(&mut self, cgroup: u64) -> bool {
+        let Some(path) = self.index.path(cgroup) else {
+            // Gone already, or created between the scan and now: try again (a vanished cgroup
+            // ends at the deadline).
+            return false;
+        };
+        let started_before_agent = self.preexisting.contains(&cgroup);
+        if let Some(mapping) = self
+            .mappings
+            .iter()
+            .find(|m| path == m.path || path.starts_with(&format!("{}/", m.path)))
+        {
+            let container = Container {
+                id: mapping.path.trim_start_matches('/').to_string(),
+                image: mapping.image.clone(),
+                image_name: mapping.image_name.clone(),
+                started_before_agent,
+                source: "static",
+            };
+            tracing::info!(cgroup, path, image = %container.image, "cgroup mapped statically");
+            self.cache
+                .lock()
+                .insert(cgroup, Attribution::Container(Arc::new(container)));
+            return true;
+        }
+        let Some((runtime, id)) = container_id::parse(&path) else {
+            self.cache.lock().insert(cgroup, Attribution::NotContainer);
+            return true;
+        };
+        for socket in &self.sockets {
+            if !socket.exists() {
+                continue;
+            }
+            match runtime_api::inspect(socket, &id) {
+                Ok(found) => {
+                    let container = Container {
+                        id: id.clone(),
+                        image: found.image,
+                        image_name: found.image_name,
+                        started_before_agent,
+                        source: runtime.name(),
+                    };
+                    tracing::info!(cgroup, path, container = %id, image = %container.image, name = %container.image_name, "container resolved");
+                    self.cache
+                        .lock()
+                        .insert(cgroup, Attribution::Container(Arc::new(container)));
+                    return true;
+                }
+                Err(error) => tracing::debug!(%error, "runtime API lookup failed"),
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_mappings_parse_and_explain_mistakes() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let mapping: StaticMapping = format!("imprint/w1={digest},localhost/w:1")
+            .parse()
+            .expect("valid");
+        assert_eq!(mapping.path, "/imprint/w1");
+        assert_eq!(mapping.image, digest);
+        assert_eq!(mapping.image_name, "localhost/w:1");
+        let error = "imprint/w1=sha256:xyz"
+            .parse::<StaticMapping>()
+            .expect_err("bad digest");
+        assert!(error.contains("64 lowercase hex"), "{error}");
+        let error = "imprint/w1"
+            .parse::<StaticMapping>()
+            .expect_err("no digest");
+        assert!(error.contains("PATH=DIGEST"), "{error}");
+    }
+}

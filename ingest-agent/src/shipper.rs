@@ -1,0 +1,232 @@
+//! Shipping: fingerprints from the capture loop become batches with `(agent_id, seq)`, go to the
+//! disk spool, and are pushed oldest first; a batch leaves the spool only when the server has
+//! acknowledged it (or refused it for good). Retries back off from 200 ms to 30 s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imprint_proto::client::{AuthedChannel, authed, connect};
+use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ingest_client::IngestClient};
+use prost::Message;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tonic::Code;
+
+use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolError};
+
+/// Encoded bytes per batch the shipper aims under (the server takes up to 16 MiB).
+const BATCH_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    pub server: String,
+    pub ca_cert: Option<std::path::PathBuf>,
+    pub token: String,
+    pub agent_id: String,
+}
+
+pub struct Shipper {
+    config: ShipperConfig,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+    client: Option<IngestClient<AuthedChannel>>,
+    last_seq: u64,
+    /// Fingerprints the full spool refused, reported in the next batch's fingerprints.
+    lost: u64,
+    backoff: Duration,
+}
+
+impl Shipper {
+    pub fn new(config: ShipperConfig, spool: Spool, metrics: Arc<Metrics>) -> Shipper {
+        let last_seq = spool.last_seq().unwrap_or(0);
+        Shipper {
+            config,
+            spool,
+            metrics,
+            client: None,
+            last_seq,
+            lost: 0,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Seqs are microseconds of wall time (strictly increasing), so a restarted agent with the
+    /// same id continues above everything it sent before without keeping a counter.
+    fn next_seq(&mut self) -> u64 {
+        let now = crate::capture::now_micros().max(0) as u64;
+        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq
+    }
+
+    /// Runs until the capture loop's sender is gone and the spool is empty or the server away.
+    pub async fn run(mut self, mut input: UnboundedReceiver<Vec<Fingerprint>>) {
+        let mut input_open = true;
+        loop {
+            self.publish_spool_size();
+            if !self.spool.is_empty() && self.push_front().await {
+                continue;
+            }
+            if !input_open {
+                if !self.spool.is_empty() {
+                    tracing::warn!(
+                        batches = self.spool.len(),
+                        "stopping with batches in the spool; they are sent at the next start"
+                    );
+                }
+                return;
+            }
+            // Wait for new fingerprints, or for the backoff when the spool has something left.
+            let wait = if !self.spool.is_empty() {
+                self.backoff
+            } else {
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                received = input.recv() => match received {
+                    Some(fingerprints) => self.enqueue(fingerprints),
+                    None => input_open = false,
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn publish_spool_size(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics.spool_bytes.store(self.spool.bytes(), Relaxed);
+        self.metrics
+            .spool_batches
+            .store(self.spool.len() as u64, Relaxed);
+    }
+
+    /// Splits fingerprints into batches and writes them to the spool.
+    fn enqueue(&mut self, mut fingerprints: Vec<Fingerprint>) {
+        if self.lost > 0 {
+            for fingerprint in &mut fingerprints {
+                if let Some(c) = fingerprint.completeness.as_mut() {
+                    c.dropped_events += self.lost;
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut batches = Vec::new();
+        for fingerprint in fingerprints {
+            let size = fingerprint.encoded_len();
+            if !batch.is_empty() && bytes + size > BATCH_BYTES {
+                batches.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(fingerprint);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        let mut lost_now = 0;
+        let mut kept = false;
+        for fingerprints in batches {
+            let batch = FingerprintBatch {
+                agent_id: self.config.agent_id.clone(),
+                seq: self.next_seq(),
+                fingerprints,
+            };
+            match self.spool.push(&batch) {
+                Ok(()) => kept = true,
+                Err(error @ SpoolError::Full { .. }) => {
+                    tracing::warn!(%error, fingerprints = batch.fingerprints.len(), "fingerprints lost");
+                    lost_now += batch.fingerprints.len() as u64;
+                }
+                Err(error) => {
+                    tracing::error!(%error, fingerprints = batch.fingerprints.len(), "cannot write the spool; fingerprints lost");
+                    lost_now += batch.fingerprints.len() as u64;
+                }
+            }
+        }
+        Metrics::add(&self.metrics.spool_lost_fingerprints, lost_now);
+        // The loss was reported once something carrying it was kept.
+        if kept {
+            self.lost = lost_now;
+        } else {
+            self.lost += lost_now;
+        }
+    }
+
+    /// Pushes the oldest spooled batch; true when it left the spool.
+    async fn push_front(&mut self) -> bool {
+        let batch = match self.spool.front() {
+            Some(Ok(batch)) => batch,
+            Some(Err(error)) => {
+                tracing::error!(%error, "spooled batch unreadable; skipped");
+                return true;
+            }
+            None => return false,
+        };
+        let client = match self.client.as_mut() {
+            Some(client) => client,
+            None => match connect(&self.config.server, self.config.ca_cert.as_deref()).await {
+                Ok(channel) => match authed(channel, &self.config.token) {
+                    Ok(channel) => self.client.insert(IngestClient::new(channel)),
+                    Err(status) => {
+                        tracing::error!(%status, "the token cannot be sent as a header");
+                        self.fail();
+                        return false;
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, spooled = self.spool.len(), "server unreachable; batches stay in the spool");
+                    self.fail();
+                    return false;
+                }
+            },
+        };
+        let fingerprints = batch.fingerprints.len() as u64;
+        match client.push(batch).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                if ack.duplicate {
+                    Metrics::add(&self.metrics.batches_duplicate, 1);
+                } else {
+                    Metrics::add(&self.metrics.fingerprints_sent, fingerprints);
+                }
+                Metrics::add(&self.metrics.batches_sent, 1);
+                self.spool.pop();
+                self.backoff = Duration::from_millis(200);
+                true
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                // Never accepted as it is: keep the rest flowing, say loudly what was wrong.
+                tracing::error!(
+                    message = status.message(),
+                    fingerprints,
+                    "server refused a batch as invalid; dropped"
+                );
+                Metrics::add(&self.metrics.spool_lost_fingerprints, fingerprints);
+                self.spool.pop();
+                true
+            }
+            Err(status) => {
+                match status.code() {
+                    Code::Unauthenticated | Code::PermissionDenied => {
+                        tracing::error!(
+                            message = status.message(),
+                            "server refused the agent's token; check --token-file"
+                        )
+                    }
+                    Code::ResourceExhausted => tracing::info!("server busy; retrying"),
+                    _ => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "push failed; retrying");
+                        self.client = None;
+                    }
+                }
+                self.fail();
+                false
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        Metrics::add(&self.metrics.push_failures, 1);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+    }
+}

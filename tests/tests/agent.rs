@@ -1,0 +1,569 @@
+//! The node agent on the real kernel: real eBPF programs, real cgroups and podman containers,
+//! strace as the oracle, the real server. Needs root; prints `SKIPPED: <reason>` loudly where it
+//! cannot run, and fails instead when `IMPRINT_REQUIRE_EBPF=1` (the test command sets it as root).
+//!
+//! The tests run one at a time (a lock): each agent sees every process on the machine, and the
+//! workloads use fixed ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use imprint_e2e::agent::{
+    Agent, PodmanService, StraceOracle, TestCgroup, agent_token_file, podman, recall, require_ebpf,
+    test_digest, workload_image,
+};
+use imprint_e2e::{Imprintd, rows_as_text, workspace_root};
+use imprint_proto::admin_v1::{SetSettingRequest, admin_client::AdminClient};
+
+/// Async-aware: each test holds it across awaits on its own runtime.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Items of an image (or container) by kind, from the server.
+async fn items(server: &Imprintd, filter: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let rows = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT kind || '|' || key FROM fingerprints WHERE {filter}"
+            ))
+            .await,
+    );
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        if let Some((kind, key)) = row.split_once('|') {
+            out.entry(kind.to_string())
+                .or_default()
+                .insert(key.to_string());
+        }
+    }
+    out
+}
+
+fn has(items: &BTreeMap<String, BTreeSet<String>>, kind: &str, key: &str) -> bool {
+    items.get(kind).is_some_and(|keys| keys.contains(key))
+}
+
+/// The items the workload (tests/containers/workload.sh) must produce, whatever runs it.
+fn assert_workload_items(items: &BTreeMap<String, BTreeSet<String>>, marker: &str, context: &str) {
+    let expected = [
+        ("process", "/usr/bin/cat"),
+        ("process", "/usr/bin/ls"),
+        ("process", "/usr/bin/python3"),
+        ("file_read", "/etc/os-release"),
+        ("file_read", "/usr/bin/cat"),
+        ("dir_read", "/usr/share"),
+        ("file_write", &format!("/tmp/{marker}.txt")),
+        ("dir_write", "/tmp"),
+        ("tcp_in", "18080"),
+        ("tcp_out", "18080"),
+        ("udp_in", "15353"),
+        ("udp_out", "15353"),
+        ("syscall", "openat"),
+        ("syscall", "execve"),
+        ("syscall", "bind"),
+    ];
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(kind, key)| !has(items, kind, key))
+        .map(|(kind, key)| format!("{kind} {key}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{context}: missing {missing:?}; got {items:#?}"
+    );
+}
+
+/// The workload scripts, copied to `dir` (host runs use them from there).
+fn workload_in(dir: &Path) -> String {
+    for file in ["workload.sh", "net.py"] {
+        std::fs::copy(
+            workspace_root().join("tests/containers").join(file),
+            dir.join(file),
+        )
+        .expect("copy workload");
+    }
+    dir.join("workload.sh").display().to_string()
+}
+
+/// One test's world: a server, an agent token, a cgroup of its own mapped to a fresh digest.
+struct Scenario {
+    dir: tempfile::TempDir,
+    server: Imprintd,
+    token: std::path::PathBuf,
+    cgroup: TestCgroup,
+    digest: String,
+}
+
+impl Scenario {
+    async fn new(name: &str) -> Scenario {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Imprintd::start(&dir.path().join("data"), &[]);
+        let token = agent_token_file(&server, dir.path()).await;
+        Scenario {
+            token,
+            server,
+            cgroup: TestCgroup::create(name),
+            digest: test_digest(name),
+            dir,
+        }
+    }
+
+    /// An agent with 1 s windows that maps this scenario's cgroup to its image and asks no
+    /// container runtime.
+    fn agent(&self, node: &str, extra: &[&str]) -> Agent {
+        let mapping = format!("{}={},{node}:1", self.cgroup.path, self.digest);
+        let mut args = vec![
+            "--window",
+            "1s",
+            "--cgroup-image",
+            &mapping,
+            "--runtime-socket",
+            "/nonexistent",
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(
+            &self.server.grpc_url(),
+            &self.token,
+            self.dir.path(),
+            node,
+            &args,
+        )
+    }
+}
+
+const HOST_PATH: &str = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_cgroup_workload_is_captured_and_strace_finds_nothing_missing() {
+    let Some(()) = require_ebpf("agent: plain cgroup vs strace") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::new("strace").await;
+    let (server, cgroup, digest) = (&s.server, &s.cgroup, &s.digest);
+    let mut agent = s.agent("node-s", &[]);
+
+    let workload = workload_in(s.dir.path());
+    let trace = s.dir.path().join("strace.out");
+    let run = cgroup.run(&format!(
+        "{HOST_PATH}; cd {} && strace -f -qq -o {} /bin/sh {workload} straced",
+        s.dir.path().display(),
+        trace.display()
+    ));
+    assert!(
+        run.status.success(),
+        "workload failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+
+    let got = items(server, &format!("image = '{digest}'")).await;
+    assert_workload_items(&got, "straced", "plain cgroup");
+    let containers = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT DISTINCT container_id, image_name FROM windows WHERE image = '{digest}'"
+            ))
+            .await,
+    );
+    assert_eq!(containers.len(), 1, "one container: {containers:?}");
+    assert!(
+        containers[0].contains(cgroup.path.trim_start_matches('/')),
+        "{containers:?}"
+    );
+
+    // strace as the oracle: everything it saw, the agent saw.
+    let oracle = StraceOracle::parse(&std::fs::read_to_string(&trace).expect("strace output"));
+    let empty = BTreeSet::new();
+    let syscalls = got.get("syscall").unwrap_or(&empty);
+    let processes = got.get("process").unwrap_or(&empty);
+    let files: BTreeSet<String> = ["file_read", "file_write", "dir_read"]
+        .iter()
+        .flat_map(|k| got.get(*k).cloned().unwrap_or_default())
+        .collect();
+    let base = s.dir.path().display().to_string();
+    let opens: Vec<String> = oracle
+        .opens
+        .iter()
+        .map(|p| imprint_agent::paths::normalise(&base, p))
+        .collect();
+    let execs: Vec<String> = oracle
+        .execs
+        .iter()
+        .map(|p| imprint_agent::paths::normalise(&base, p))
+        .collect();
+    let (syscall_recall, syscalls_missing) = recall(&oracle.syscalls, syscalls);
+    let (exec_recall, execs_missing) = recall(&execs, processes);
+    let (file_recall, files_missing) = recall(&opens, &files);
+    println!(
+        "strace recall: syscalls {:.1}% of {}, execs {:.1}% of {}, files {:.1}% of {}",
+        syscall_recall * 100.0,
+        oracle.syscalls.len(),
+        exec_recall * 100.0,
+        execs.len(),
+        file_recall * 100.0,
+        opens.len()
+    );
+    assert!(
+        oracle.syscalls.len() > 20 && execs.len() >= 4 && opens.len() > 10,
+        "strace saw too little: {oracle:?}"
+    );
+    assert!(
+        syscalls_missing.is_empty(),
+        "syscalls strace saw but the agent did not: {syscalls_missing:?}"
+    );
+    assert!(
+        execs_missing.is_empty(),
+        "execs strace saw but the agent did not: {execs_missing:?}"
+    );
+    assert!(
+        files_missing.is_empty(),
+        "opens strace saw but the agent did not: {files_missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_containers_are_attributed_to_their_image_and_nothing_else() {
+    let Some(()) = require_ebpf("agent: podman attribution") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = workload_image();
+    let service = PodmanService::start(dir.path());
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let token = agent_token_file(&server, dir.path()).await;
+    let socket = service.socket.display().to_string();
+    let mut agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir.path(),
+        "node-p",
+        &["--window", "1s", "--runtime-socket", &socket],
+    );
+
+    let pid = std::process::id();
+    // Markers with separators: a run of letters and digits would be folded as a generated name.
+    let (marker_a, marker_b, host_marker) = (
+        format!("cont-a-{pid}"),
+        format!("cont-b-{pid}"),
+        format!("host-marker-{pid}"),
+    );
+    let run = |name: &str, args: &[&str]| {
+        let output = podman()
+            .args([
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "none",
+                "localhost/imprint-workload:1",
+            ])
+            .args(args)
+            .output()
+            .expect("podman run");
+        assert!(
+            output.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let waited = podman().args(["wait", &id]).output().expect("podman wait");
+        assert_eq!(
+            String::from_utf8_lossy(&waited.stdout).trim(),
+            "0",
+            "container {name} failed"
+        );
+        id
+    };
+    let name_a = format!("imprint-test-a-{pid}");
+    let name_b = format!("imprint-test-b-{pid}");
+    let id_a = run(&name_a, &["/workload.sh", &marker_a]);
+    let id_b = run(
+        &name_b,
+        &["/bin/sh", "-c", &format!("echo b > /tmp/{marker_b}.txt")],
+    );
+    // The host does something too; none of it may end up in a container.
+    let host = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo h > /tmp/{host_marker}.txt && cat /etc/hostname > /dev/null"
+        ))
+        .status()
+        .expect("host work");
+    assert!(host.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+    let _ = podman().args(["rm", "-f", &name_a, &name_b]).output();
+
+    let a = items(&server, &format!("container_id = '{id_a}'")).await;
+    assert_workload_items(&a, &marker_a, "container a");
+    let b = items(&server, &format!("container_id = '{id_b}'")).await;
+    assert!(
+        has(&b, "file_write", &format!("/tmp/{marker_b}.txt")),
+        "container b: {b:#?}"
+    );
+    let leaks = |items: &BTreeMap<String, BTreeSet<String>>, marker: &str| {
+        items
+            .values()
+            .flatten()
+            .filter(|k| k.contains(marker))
+            .count()
+    };
+    assert_eq!(leaks(&a, &marker_b), 0, "b's file in a");
+    assert_eq!(leaks(&b, &marker_a), 0, "a's file in b");
+    assert!(!has(&b, "tcp_in", "18080"), "a's port in b");
+    let anywhere = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM fingerprints WHERE key LIKE '%{host_marker}%'"
+        ))
+        .await;
+    assert_eq!(anywhere, 0, "the host's file was attributed to a container");
+    let images = rows_as_text(&server.sql(&format!("SELECT DISTINCT image, image_name FROM windows WHERE container_id IN ('{id_a}', '{id_b}')")).await);
+    assert_eq!(
+        images,
+        vec![format!("{image}|localhost/imprint-workload:1")],
+        "both containers, one image"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_of_one_image_on_two_nodes_merge_into_one_profile() {
+    let Some(()) = require_ebpf("agent: two nodes") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let token = agent_token_file(&server, dir.path()).await;
+    let digest = test_digest("two-nodes");
+    for node in ["node-1", "node-2"] {
+        let cgroup = TestCgroup::create(node);
+        let mapping = format!("{}={digest},merge:1", cgroup.path);
+        let mut agent = Agent::start(
+            &server.grpc_url(),
+            &token,
+            dir.path(),
+            node,
+            &[
+                "--window",
+                "1s",
+                "--cgroup-image",
+                &mapping,
+                "--runtime-socket",
+                "/nonexistent",
+            ],
+        );
+        let run = cgroup.run(&format!(
+            "{HOST_PATH}; cat /etc/hostname > /dev/null; echo x > /tmp/{node}-{}.txt",
+            std::process::id()
+        ));
+        assert!(run.status.success());
+        std::thread::sleep(Duration::from_millis(1200));
+        agent.stop();
+    }
+    let status = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT nodes, containers FROM profile_status WHERE image = '{digest}'"
+            ))
+            .await,
+    );
+    assert_eq!(
+        status,
+        vec!["2|2".to_string()],
+        "one profile with both nodes and containers"
+    );
+    let shared = server
+        .scalar_i64(&format!("SELECT count(*) FROM profiles WHERE image = '{digest}' AND kind = 'file_read' AND key = '/etc/hostname' AND nodes = 2"))
+        .await;
+    assert_eq!(
+        shared, 1,
+        "the file both read is one profile item seen on both nodes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_server_away_every_fingerprint_arrives_later_and_none_twice() {
+    let Some(()) = require_ebpf("agent: server away") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut s = Scenario::new("away").await;
+    let (cgroup, digest) = (&s.cgroup, s.digest.clone());
+    let agent = s.agent("node-a", &[]);
+
+    assert!(s.server.terminate().success());
+    for i in 0..4 {
+        let run = cgroup.run(&format!(
+            "{HOST_PATH}; echo {i} > /tmp/away-{i}-{}.txt",
+            std::process::id()
+        ));
+        assert!(run.status.success());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let spooled = agent.wait_metric("spool_batches", Duration::from_secs(10), |n| n >= 3.0);
+    println!("spooled while the server was away: {spooled} batches");
+    s.server.restart_on_same_ports();
+    agent.wait_metric("spool_batches", Duration::from_secs(60), |n| n == 0.0);
+    // Nothing runs in the cgroup any more: what was built is what must have arrived.
+    let built = agent.metric("fingerprints_built_total");
+    let sent = agent.metric("fingerprints_sent_total");
+    assert_eq!(built, sent, "every fingerprint built was acknowledged");
+    let stored = s
+        .server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM windows WHERE image = '{digest}'"
+        ))
+        .await;
+    assert_eq!(stored as f64, built, "the server has each fingerprint once");
+    let twice = s.server
+        .scalar_i64(&format!("SELECT count(*) FROM (SELECT time, container_id FROM windows WHERE image = '{digest}' GROUP BY 1, 2 HAVING count(*) > 1)"))
+        .await;
+    assert_eq!(twice, 0, "no window stored twice");
+    for i in 0..4 {
+        let n = s.server
+            .scalar_i64(&format!("SELECT count(*) FROM fingerprints WHERE image = '{digest}' AND key = '/tmp/away-{i}-{}.txt'", std::process::id()))
+            .await;
+        assert_eq!(n, 1, "the file written in phase {i} arrived once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_guard_pauses_capture_marks_it_and_resumes() {
+    let Some(()) = require_ebpf("agent: resource guard") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::new("guard").await;
+    let (server, cgroup, digest) = (&s.server, &s.cgroup, &s.digest);
+    // 1 MiB of RSS: always over, so the guard trips, resumes after the cooldown, trips again.
+    // A 3 s cooldown leaves the workload below well inside the first pause.
+    let mut agent = s.agent("node-g", &["--max-rss-mib", "1", "--guard-cooldown", "3s"]);
+    agent.wait_metric("guard_paused", Duration::from_secs(10), |v| v == 1.0);
+    let run = cgroup.run(&format!("{HOST_PATH}; cat /etc/hostname > /dev/null"));
+    assert!(run.status.success());
+    agent.wait_metric("guard_trips_total", Duration::from_secs(20), |v| v >= 2.0);
+    std::thread::sleep(Duration::from_millis(1200));
+    agent.stop();
+    let log = agent.log_text();
+    assert!(
+        log.contains("capture resumes"),
+        "the guard resumed capture by itself:\n{log}"
+    );
+    let paused = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM windows WHERE image = '{digest}' AND capture_paused"
+        ))
+        .await;
+    assert!(
+        paused >= 1,
+        "fingerprints of paused windows say capture_paused"
+    );
+    // Exec is never paused: the program run during the pause is in the profile.
+    let got = items(server, &format!("image = '{digest}'")).await;
+    assert!(has(&got, "process", "/usr/bin/cat"), "{got:#?}");
+    let status = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT completeness FROM profile_status WHERE image = '{digest}'"
+            ))
+            .await,
+    );
+    assert_eq!(status, vec!["partial".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiling_off_detaches_the_programs_and_on_attaches_them_again() {
+    let Some(()) = require_ebpf("agent: profiling switch") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::new("switch").await;
+    let (server, cgroup, digest) = (&s.server, &s.cgroup, &s.digest);
+    let mut agent = s.agent("node-w", &[]);
+    agent.wait_metric("capturing", Duration::from_secs(10), |v| v == 1.0);
+    let set = |value: &'static str| {
+        let server = &server;
+        async move {
+            AdminClient::new(server.authed().await)
+                .set_setting(SetSettingRequest {
+                    key: "profiling.enabled".into(),
+                    value: value.into(),
+                })
+                .await
+                .expect("set profiling.enabled");
+        }
+    };
+    let pid = std::process::id();
+    set("false").await;
+    agent.wait_metric("capturing", Duration::from_secs(10), |v| v == 0.0);
+    assert!(
+        cgroup
+            .run(&format!("{HOST_PATH}; echo off > /tmp/off-{pid}.txt"))
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    set("true").await;
+    agent.wait_metric("capturing", Duration::from_secs(10), |v| v == 1.0);
+    assert!(
+        cgroup
+            .run(&format!("{HOST_PATH}; echo on > /tmp/on-{pid}.txt"))
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    agent.stop();
+    let got = items(server, &format!("image = '{digest}'")).await;
+    assert!(
+        has(&got, "file_write", &format!("/tmp/on-{pid}.txt")),
+        "captured while on: {got:#?}"
+    );
+    assert!(
+        !has(&got, "file_write", &format!("/tmp/off-{pid}.txt")),
+        "nothing captured while off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_running_before_the_agent_is_marked_started_after_container() {
+    let Some(()) = require_ebpf("agent: started_after_container") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::new("before").await;
+    let (server, cgroup, digest) = (&s.server, &s.cgroup, &s.digest);
+    // Already running (in its cgroup) when the agent starts; it acts afterwards.
+    let mut worker = cgroup.spawn(&format!(
+        "{HOST_PATH}; sleep 3; cat /etc/hostname > /dev/null"
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut agent = s.agent("node-b", &[]);
+    assert!(worker.wait().expect("worker").success());
+    std::thread::sleep(Duration::from_millis(1200));
+    agent.stop();
+    let flagged = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT DISTINCT started_after_container FROM windows WHERE image = '{digest}'"
+            ))
+            .await,
+    );
+    assert_eq!(
+        flagged,
+        vec!["true".to_string()],
+        "every window of that container says so"
+    );
+    let status = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT completeness FROM profile_status WHERE image = '{digest}'"
+            ))
+            .await,
+    );
+    assert_eq!(status, vec!["partial".to_string()]);
+}

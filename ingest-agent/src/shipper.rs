@@ -230,3 +230,70 @@ impl Shipper {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_proto::ingest_v1::Completeness;
+
+    fn fingerprint(id: &str, items: usize) -> Fingerprint {
+        Fingerprint {
+            container_id: id.into(),
+            items: (0..items)
+                .map(|i| imprint_proto::ingest_v1::Item {
+                    kind: 2,
+                    key: format!("/file/{i:04}"),
+                    count: 1,
+                })
+                .collect(),
+            completeness: Some(Completeness::default()),
+            ..Default::default()
+        }
+    }
+
+    /// A full spool loses fingerprints, counts them, and the next fingerprints kept carry the
+    /// loss in `dropped_events`.
+    #[test]
+    fn spool_overflow_is_counted_and_reported_in_the_next_fingerprints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 600).expect("spool");
+        let metrics = Arc::new(Metrics::default());
+        let config = ShipperConfig {
+            server: "http://127.0.0.1:1".into(),
+            ca_cert: None,
+            token: String::new(),
+            agent_id: "n1/test".into(),
+        };
+        let mut shipper = Shipper::new(config, spool, metrics.clone());
+        shipper.enqueue(vec![fingerprint("small", 1)]);
+        assert_eq!(shipper.spool.len(), 1);
+        // Far over the 600-byte cap: refused whole.
+        shipper.enqueue(vec![fingerprint("big1", 40), fingerprint("big2", 40)]);
+        assert_eq!(shipper.spool.len(), 1);
+        assert_eq!(
+            metrics
+                .spool_lost_fingerprints
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        // Room again (the first batch was acknowledged): the loss rides along.
+        shipper.spool.pop();
+        shipper.enqueue(vec![fingerprint("next", 1)]);
+        let batch = shipper.spool.front().expect("one").expect("decodes");
+        let completeness = batch.fingerprints[0].completeness.expect("set");
+        assert_eq!(completeness.dropped_events, 2);
+        // Reported once: later fingerprints start clean.
+        shipper.spool.pop();
+        shipper.enqueue(vec![fingerprint("later", 1)]);
+        let batch = shipper.spool.front().expect("one").expect("decodes");
+        assert_eq!(
+            batch.fingerprints[0]
+                .completeness
+                .expect("set")
+                .dropped_events,
+            0
+        );
+        // Seqs strictly increase.
+        assert!(shipper.last_seq > 0);
+    }
+}

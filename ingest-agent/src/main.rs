@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use imprint_agent::attribution::{Attributor, StaticMapping, cgroups};
-use imprint_agent::capture::{self, Capture, CaptureConfig, Control};
+use imprint_agent::capture::{Capture, CaptureConfig, Control};
 use imprint_agent::metrics::{self, Metrics};
 use imprint_agent::shipper::{Shipper, ShipperConfig};
 use imprint_agent::{guard, probes, procfs, settings_watch, spool};
@@ -99,7 +99,7 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if !is_root() {
+    if !procfs::is_root() {
         return Err(
             "must run as root: loading eBPF programs needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
                 .into(),
@@ -235,16 +235,6 @@ async fn wait_for_signal() {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
 /// The agent's own cgroup v2 path (`0::/path` in /proc/self/cgroup).
 fn own_cgroup_path() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -262,18 +252,8 @@ fn agent_id(spool_dir: &std::path::Path, node: &str) -> Result<String, String> {
             return Ok(id.to_string());
         }
     }
-    let install: u64 = rand_u64();
+    let install: u64 = rand::random();
     let id = format!("{node}/{install:016x}");
     std::fs::write(&file, &id).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     Ok(id)
-}
-
-/// 64 random bits from the kernel (no RNG crate needed for one id).
-fn rand_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    u64::from_le_bytes(bytes) ^ capture::now_micros() as u64
 }

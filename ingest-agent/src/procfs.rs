@@ -88,6 +88,17 @@ impl Proc {
     }
 }
 
+/// True when this process's effective user is root (the `Uid:` line of /proc/self/status).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
 /// Finds the socket with `inode` in a `/proc/net/{tcp,udp}[6]` table.
 fn find_in_table(table: &str, inode: u64, protocol: Protocol) -> Option<SocketInfo> {
     for line in table.lines().skip(1) {

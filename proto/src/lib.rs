@@ -62,6 +62,30 @@ impl ingest::v1::ItemKind {
 /// Client-side helpers shared by the CLI, the benchmarks and the tests.
 /// The text form of durations in settings values and command lines (`SetSetting` takes
 /// `"24h"`), shared by the server, the CLI and the agent.
+/// Image digests as the contract writes them (`Fingerprint.image`): `sha256:` and 64 lowercase
+/// hex characters. The server validates with it; the agent checks its static mappings with it.
+pub mod digest {
+    /// 64 lowercase hex characters (a sha256, and the form of container ids the runtimes use).
+    pub fn is_lower_hex64(text: &str) -> bool {
+        text.len() == 64 && text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    /// `sha256:` followed by 64 lowercase hex characters.
+    pub fn check_digest(digest: &str) -> Result<(), String> {
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return Err(format!(
+                "{digest:?} is not an image digest: expected \"sha256:\" and 64 lowercase hex characters"
+            ));
+        };
+        if !is_lower_hex64(hex) {
+            return Err(format!(
+                "{digest:?} is not an image digest: expected 64 lowercase hex characters after \"sha256:\""
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub mod duration {
     use std::time::Duration;
 

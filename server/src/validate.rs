@@ -89,7 +89,7 @@ fn validate_fingerprint<'a>(
         true,
     )?;
     check_text(&at("image_name"), &fp.image_name, MAX_IMAGE_NAME, false)?;
-    check_digest(&fp.image).map_err(|p| invalid(at("image"), p))?;
+    imprint_proto::digest::check_digest(&fp.image).map_err(|p| invalid(at("image"), p))?;
 
     let (start, end) = (fp.window_start_unix_micros, fp.window_end_unix_micros);
     if end <= start {
@@ -180,21 +180,6 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "contains control characters"));
-    }
-    Ok(())
-}
-
-/// `sha256:` followed by 64 lowercase hex characters.
-pub fn check_digest(digest: &str) -> Result<(), String> {
-    let Some(hex) = digest.strip_prefix("sha256:") else {
-        return Err(format!(
-            "{digest:?} is not an image digest: expected \"sha256:\" and 64 lowercase hex characters"
-        ));
-    };
-    if hex.len() != 64 || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(format!(
-            "{digest:?} is not an image digest: expected 64 lowercase hex characters after \"sha256:\""
-        ));
     }
     Ok(())
 }

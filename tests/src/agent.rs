@@ -14,11 +14,11 @@ use crate::{Imprintd, bin, free_port, workspace_root};
 /// `IMPRINT_REQUIRE_EBPF=1` (the test command sets it when run as root, as CI does) a reason
 /// is a test failure instead of a skip.
 pub fn ebpf_unavailable() -> Option<String> {
-    let reason = if !is_root() {
+    let reason = if !imprint_agent::procfs::is_root() {
         Some("not running as root (loading eBPF programs needs root)".to_string())
     } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".to_string())
-    } else if cgroup2_mount().is_none() {
+    } else if imprint_agent::attribution::cgroups::find_mount().is_none() {
         Some("no cgroup v2 mount".to_string())
     } else {
         None
@@ -43,27 +43,6 @@ pub fn require_ebpf(test: &str) -> Option<()> {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// The cgroup v2 mount point.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next() == Some("cgroup2"))
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })
-}
-
 /// A cgroup v2 directory of the test's own (removed on drop).
 #[derive(Debug)]
 pub struct TestCgroup {
@@ -74,7 +53,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(name: &str) -> TestCgroup {
-        let mount = cgroup2_mount().expect("cgroup v2 mount");
+        let mount = imprint_agent::attribution::cgroups::find_mount().expect("cgroup v2 mount");
         let path = format!("/imprint-test-{}-{name}", std::process::id());
         let dir = mount.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir)

@@ -11,6 +11,8 @@
 //! `crio-conmon-…`) are not containers. The nearest component that names a container wins, so a
 //! container's own sub-cgroups belong to it.
 
+use imprint_proto::digest::is_lower_hex64;
+
 /// Which runtime a cgroup path belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
@@ -57,17 +59,10 @@ fn parse_component(component: &str) -> Option<(Runtime, String)> {
     ];
     for (prefix, runtime) in PREFIXES {
         if let Some(id) = name.strip_prefix(prefix) {
-            return is_container_id(id).then(|| (runtime, id.to_string()));
+            return is_lower_hex64(id).then(|| (runtime, id.to_string()));
         }
     }
-    is_container_id(name).then(|| (Runtime::Unknown, name.to_string()))
-}
-
-fn is_container_id(id: &str) -> bool {
-    id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    is_lower_hex64(name).then(|| (Runtime::Unknown, name.to_string()))
 }
 
 #[cfg(test)]

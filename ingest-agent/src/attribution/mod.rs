@@ -58,16 +58,7 @@ impl std::str::FromStr for StaticMapping {
             .split_once('=')
             .ok_or_else(|| format!("{text:?}: expected PATH=DIGEST[,NAME]"))?;
         let (image, image_name) = rest.split_once(',').unwrap_or((rest, ""));
-        let hex = image.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!(
-                "{text:?}: the digest must be \"sha256:\" and 64 lowercase hex characters, got {image:?}"
-            ));
-        }
+        imprint_proto::digest::check_digest(image).map_err(|e| format!("{text:?}: {e}"))?;
         let path = format!("/{}", path.trim_matches('/'));
         Ok(StaticMapping {
             path,

@@ -73,9 +73,11 @@ pub fn inspect(socket: &Path, id: &str) -> Result<ContainerImage, ApiError> {
 
 /// `sha256:<hex>` or a bare 64-hex id → `sha256:<hex>`.
 fn normalise_image_id(image: &str) -> Option<String> {
-    let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
+    let hex = image
+        .strip_prefix("sha256:")
+        .unwrap_or(image)
+        .to_ascii_lowercase();
+    imprint_proto::digest::is_lower_hex64(&hex).then(|| format!("sha256:{hex}"))
 }
 
 /// One GET; returns (status, body).

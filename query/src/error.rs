@@ -28,6 +28,9 @@ pub enum Error {
     #[error("invalid store location {location:?}: {reason}")]
     InvalidLocation { location: String, reason: String },
 
+    #[error("profile summary: {0}")]
+    Summary(String),
+
     #[error("DataFusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
 

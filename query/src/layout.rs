@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/fingerprints/image=sha256_<hex>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
 //! <root>/windows/image=sha256_<hex>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
+//! <root>/profiles/image=sha256_<hex>/date=YYYY-MM-DD/hour=HH/<uuid>.json.zst
 //! <root>/catalog/log/<seq, 20 digits>.json
 //! <root>/catalog/checkpoints/<seq, 20 digits>.json
 //! ```
@@ -56,14 +57,25 @@ impl PartitionKey {
 
     /// The hive-style directory of this partition for `table`.
     pub fn dir(&self, table: StoredTable) -> String {
+        self.dir_under(table.name())
+    }
+
+    fn dir_under(&self, top: &str) -> String {
         let t = DateTime::<Utc>::from_timestamp_micros(self.hour).unwrap_or_default();
         format!(
-            "{}/image={}/date={}/hour={}",
-            table.name(),
+            "{top}/image={}/date={}/hour={}",
             path_safe_digest(&self.image),
             t.format("%Y-%m-%d"),
             t.format("%H")
         )
+    }
+
+    /// A new, unique path for a profile summary of this partition.
+    pub fn new_summary_path(&self, file_id: &str) -> Path {
+        Path::from(format!(
+            "{}/{file_id}.json.zst",
+            self.dir_under(PROFILES_DIR)
+        ))
     }
 
     /// A new, unique file path in this partition.
@@ -72,6 +84,8 @@ impl PartitionKey {
     }
 }
 
+/// Top folder of the profile summaries.
+pub const PROFILES_DIR: &str = "profiles";
 pub const CATALOG_LOG_DIR: &str = "catalog/log";
 pub const CATALOG_CHECKPOINT_DIR: &str = "catalog/checkpoints";
 

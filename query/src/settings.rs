@@ -28,6 +28,7 @@ pub const PROFILING_ENABLED: &str = "profiling.enabled";
 pub const LEARNING_PERIOD: &str = "profiling.learning_period";
 pub const EVE_ENABLED: &str = "runtime_scanner.eve_enabled";
 pub const EVE_CONNECTOR_ENABLED: &str = "eve_connector.enabled";
+pub const FINGERPRINT_RETENTION: &str = "storage.fingerprint_retention";
 
 pub const SETTINGS: &[SettingDef] = &[
     SettingDef {
@@ -57,6 +58,13 @@ pub const SETTINGS: &[SettingDef] = &[
         kind: SettingKind::Bool,
         for_agents: false,
         description: "Serve runtime results to third-party tools through the export API.",
+    },
+    SettingDef {
+        key: FINGERPRINT_RETENTION,
+        default: "0s",
+        kind: SettingKind::Duration,
+        for_agents: false,
+        description: "Raw fingerprints and windows older than this are deleted; profiles stay. 0s keeps them forever.",
     },
 ];
 

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use imprint_proto::admin_v1::admin_server::Admin;
 use imprint_proto::admin_v1::{
     CreateTokenRequest, CreateTokenResponse, GetSettingsRequest, GetSettingsResponse,
-    ListTokensRequest, ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse,
+    ListTokensRequest, ListTokensResponse, ResetProfileRequest, ResetProfileResponse,
+    RevokeTokenRequest, RevokeTokenResponse, SetLearningPeriodRequest, SetLearningPeriodResponse,
     SetSettingRequest, SetSettingResponse, Setting, TokenInfo,
 };
+use imprint_proto::digest::check_digest;
 use imprint_query::catalog::{Commit, TokenRecord};
 use imprint_query::settings;
 use tonic::{Request, Response, Status};
@@ -219,6 +221,10 @@ impl Admin for AdminService {
             .await
             .map_err(internal)?;
         info!(key = %r.key, value = %value, "setting changed");
+        if r.key == settings::FINGERPRINT_RETENTION {
+            // Apply a shorter retention now rather than at the next round.
+            self.engine.apply_retention().await.map_err(internal)?;
+        }
         let setting = settings_list(&state.settings)
             .into_iter()
             .find(|s| s.key == r.key);
@@ -232,5 +238,42 @@ impl Admin for AdminService {
         Ok(Response::new(GetSettingsResponse {
             settings: settings_list(&self.engine.catalog_state().settings),
         }))
+    }
+
+    async fn reset_profile(
+        &self,
+        request: Request<ResetProfileRequest>,
+    ) -> Result<Response<ResetProfileResponse>, Status> {
+        let image = request.into_inner().image;
+        check_digest(&image).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        match self.engine.reset_profile(&image).await {
+            Ok(r) => Ok(Response::new(ResetProfileResponse {
+                reset_unix_micros: r.reset_at,
+            })),
+            Err(EngineError::NotFound(m)) => Err(Status::not_found(m)),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn set_learning_period(
+        &self,
+        request: Request<SetLearningPeriodRequest>,
+    ) -> Result<Response<SetLearningPeriodResponse>, Status> {
+        let r = request.into_inner();
+        check_digest(&r.image).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let period = match r.learning_period.trim() {
+            "" => None,
+            p => {
+                settings::parse_duration(p)
+                    .map_err(|e| Status::invalid_argument(format!("learning_period: {e}")))?;
+                Some(p.to_string())
+            }
+        };
+        self.engine
+            .set_learning_period(&r.image, period.clone())
+            .await
+            .map_err(internal)?;
+        info!(image = %r.image, learning_period = ?period, "image learning period set");
+        Ok(Response::new(SetLearningPeriodResponse {}))
     }
 }

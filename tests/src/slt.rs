@@ -10,21 +10,31 @@
 //!
 //! statement ok
 //! RESTART
+//!
+//! statement ok
+//! RESET image=1
+//!
+//! statement ok
+//! PERIOD image=1 2m
 //! ```
 //!
 //! `PUSH` sends one fingerprint per 30 s window `a..b` (exclusive end) over gRPC
-//! ingest; window 0 starts at [`BASE_MICROS`] (2026-11-30T00:00:00Z). `image=N` is
-//! the digest `imprint_bench::digest_of(N)`, which queries name as `$imageN`
-//! (after `control substitution on`). `SETTING` uses the admin RPC;
-//! `RESTART` stops the server gracefully and starts it again on the same data.
+//! ingest; window 0 starts at [`BASE_MICROS`] (2026-11-30T00:00:00Z), or with
+//! `at=reset` at the first window boundary after the last `RESET` (which is now:
+//! such windows are real-time, so queries must not print their timestamps).
+//! `image=N` is the digest `imprint_bench::digest_of(N)`, which queries name as
+//! `$imageN` (after `control substitution on`). `SETTING` uses the admin RPC;
+//! `RESTART` stops the server gracefully and starts it again on the same data;
+//! `RESET` is `imprint profile reset`, `PERIOD` sets an image's own learning
+//! period (`default` removes it), both through the admin RPCs.
 
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
-use imprint_proto::admin_v1::SetSettingRequest;
 use imprint_proto::admin_v1::admin_client::AdminClient;
+use imprint_proto::admin_v1::{ResetProfileRequest, SetLearningPeriodRequest, SetSettingRequest};
 use imprint_proto::ingest_v1::{Completeness, Fingerprint, FingerprintBatch, Item, ItemKind};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
@@ -44,6 +54,8 @@ pub struct ImprintSlt {
     server: Imprintd,
     _dir: tempfile::TempDir,
     seq: u64,
+    /// Start of window 0 for `PUSH … at=reset`.
+    reset_base: Option<i64>,
 }
 
 impl ImprintSlt {
@@ -54,6 +66,7 @@ impl ImprintSlt {
             server,
             _dir: dir,
             seq: 0,
+            reset_base: None,
         }
     }
 
@@ -63,6 +76,7 @@ impl ImprintSlt {
         let mut windows = (0i64, 1i64);
         let mut completeness = Completeness::default();
         let mut items = Vec::new();
+        let mut base = BASE_MICROS;
         for word in spec.split_whitespace() {
             let (k, v) = word.split_once('=').unwrap_or((word, ""));
             match k {
@@ -94,6 +108,11 @@ impl ImprintSlt {
                 "dropped" => {
                     completeness.dropped_events = v.parse().map_err(|_| fail(word.into()))?
                 }
+                "at" if v == "reset" => {
+                    base = self
+                        .reset_base
+                        .ok_or_else(|| fail("at=reset before any RESET".into()))?
+                }
                 "paused" => completeness.capture_paused = true,
                 "late" => completeness.started_after_container = true,
                 _ => return Err(fail(format!("unknown word {word}"))),
@@ -103,8 +122,8 @@ impl ImprintSlt {
         fp.completeness = Some(completeness);
         let fingerprints: Vec<Fingerprint> = (windows.0..windows.1)
             .map(|w| Fingerprint {
-                window_start_unix_micros: BASE_MICROS + w * WINDOW_MICROS,
-                window_end_unix_micros: BASE_MICROS + (w + 1) * WINDOW_MICROS,
+                window_start_unix_micros: base + w * WINDOW_MICROS,
+                window_end_unix_micros: base + (w + 1) * WINDOW_MICROS,
                 ..fp.clone()
             })
             .collect();
@@ -119,6 +138,46 @@ impl ImprintSlt {
             .await
             .map_err(|s| fail(s.message().to_string()))?;
         Ok(n)
+    }
+
+    fn image_of(spec: &str) -> Result<String, SltError> {
+        spec.strip_prefix("image=")
+            .and_then(|n| n.parse().ok())
+            .map(imprint_bench::digest_of)
+            .ok_or_else(|| SltError(format!("{spec:?}: want image=N")))
+    }
+
+    async fn reset(&mut self, spec: &str) -> Result<(), SltError> {
+        let r = AdminClient::new(self.server.authed().await)
+            .reset_profile(ResetProfileRequest {
+                image: Self::image_of(spec.trim())?,
+            })
+            .await
+            .map_err(|s| SltError(format!("RESET {spec}: {}", s.message())))?
+            .into_inner();
+        // Window 0 of `at=reset`: the first window boundary at or after the reset.
+        let at = r.reset_unix_micros;
+        self.reset_base = Some(at + (WINDOW_MICROS - at.rem_euclid(WINDOW_MICROS)) % WINDOW_MICROS);
+        Ok(())
+    }
+
+    async fn period(&mut self, spec: &str) -> Result<(), SltError> {
+        let (image, period) = spec
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| SltError(format!("PERIOD {spec}: want image=N DURATION|default")))?;
+        let period = match period.trim() {
+            "default" => String::new(),
+            p => p.to_string(),
+        };
+        AdminClient::new(self.server.authed().await)
+            .set_learning_period(SetLearningPeriodRequest {
+                image: Self::image_of(image)?,
+                learning_period: period,
+            })
+            .await
+            .map_err(|s| SltError(format!("PERIOD {spec}: {}", s.message())))?;
+        Ok(())
     }
 
     async fn set(&mut self, spec: &str) -> Result<(), SltError> {
@@ -148,6 +207,14 @@ impl AsyncDB for ImprintSlt {
         }
         if let Some(spec) = sql.strip_prefix("SETTING ") {
             self.set(spec).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(spec) = sql.strip_prefix("RESET ") {
+            self.reset(spec).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(spec) = sql.strip_prefix("PERIOD ") {
+            self.period(spec).await?;
             return Ok(DBOutput::StatementComplete(0));
         }
         if sql == "RESTART" {

@@ -32,3 +32,70 @@ async fn profile_slt_files() {
     }
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
+
+/// Both profile tables as sorted text lines.
+async fn profile_tables(server: &imprint_e2e::Imprintd) -> Vec<String> {
+    let mut rows = imprint_e2e::rows_as_text(&server.sql("SELECT * FROM profile_status").await);
+    rows.extend(imprint_e2e::rows_as_text(
+        &server.sql("SELECT * FROM profiles").await,
+    ));
+    rows.sort();
+    rows
+}
+
+/// The live profiles (kept current at ingest) equal the ones rebuilt at start from
+/// summaries + WAL after kill -9, and the ones aggregated from the raw Parquet rows
+/// when the summaries are gone (a store written before summaries existed, or a
+/// summary object lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
+    use imprint_bench::{Fleet, FleetSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = imprint_e2e::Imprintd::start(&data, &["--persist-age", "300ms"]);
+    let mut fleet = Fleet::new(FleetSpec {
+        images: 3,
+        containers_per_image: 3,
+        nodes: 2,
+        ..Default::default()
+    });
+    for w in 0..40 {
+        for b in fleet.batches(w) {
+            server.push(b).await.unwrap();
+        }
+        if w % 10 == 0 {
+            // Let some partitions persist (with their summaries) mid-way.
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        }
+    }
+    let live = profile_tables(&server).await;
+    assert!(live.len() > 3, "expected profiles, got {live:?}");
+
+    server.kill9();
+    server.restart();
+    assert_eq!(profile_tables(&server).await, live, "after kill -9");
+    let log = server.log_text();
+    assert!(
+        log.contains("profiles computed from stored data"),
+        "no rebuild line in the log:\n{log}"
+    );
+
+    // A graceful stop persists everything; then lose every summary.
+    assert!(server.terminate().success());
+    let summaries = data.join("profiles");
+    assert!(
+        summaries.is_dir(),
+        "no summaries under {}",
+        summaries.display()
+    );
+    std::fs::remove_dir_all(&summaries).unwrap();
+    server.restart();
+    assert_eq!(profile_tables(&server).await, live, "from raw rows");
+    assert!(
+        server
+            .log_text()
+            .contains("aggregating its raw files instead"),
+        "the lost summaries were not reported:\n{}",
+        server.log_text()
+    );
+}

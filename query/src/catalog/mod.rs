@@ -10,7 +10,7 @@
 
 mod state;
 
-pub use state::{CatalogState, Commit, FileEntry, SeqRanges, TokenRecord};
+pub use state::{CatalogState, Commit, FileEntry, SeqRanges, SummaryEntry, TokenRecord};
 
 use std::sync::Arc;
 

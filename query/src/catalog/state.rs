@@ -34,6 +34,24 @@ impl FileEntry {
     }
 }
 
+/// A profile summary: one image's profile over the rows of the files persisted
+/// together in one commit (`files`). The server starts from these instead of the
+/// raw rows, and they stay when retention removes the raw files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryEntry {
+    /// Object path relative to the store root.
+    pub path: String,
+    pub image: String,
+    /// Start of the partition's hour, microseconds since the epoch.
+    pub hour: i64,
+    /// Start of the first and end of the last window summarised.
+    pub first_window: i64,
+    pub last_window: i64,
+    /// The raw files (fingerprints, windows) it summarises.
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
 /// A set of u64 as sorted, disjoint, inclusive ranges: agents number their batches
 /// contiguously, so the seqs an agent has applied are usually one range.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +99,16 @@ pub struct Commit {
     /// Settings changed (key → value).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Profile summaries that became live (with the files they summarise).
+    #[serde(default)]
+    pub add_summaries: Vec<SummaryEntry>,
+    /// Profile resets: image → the moment its profile starts again (µs).
+    #[serde(default)]
+    pub profile_resets: BTreeMap<String, i64>,
+    /// Per-image learning periods: image → duration text, `None` removes the
+    /// override (the global setting applies again).
+    #[serde(default)]
+    pub learning_periods: BTreeMap<String, Option<String>>,
 }
 
 /// Everything the catalog knows, as of commit `seq`.
@@ -96,6 +124,13 @@ pub struct CatalogState {
     pub tokens: BTreeMap<String, TokenRecord>,
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Live profile summaries by path.
+    #[serde(default)]
+    pub summaries: BTreeMap<String, SummaryEntry>,
+    #[serde(default)]
+    pub profile_resets: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub learning_periods: BTreeMap<String, String>,
 }
 
 impl CatalogState {
@@ -124,11 +159,28 @@ impl CatalogState {
         for (k, v) in &commit.settings {
             self.settings.insert(k.clone(), v.clone());
         }
+        for s in &commit.add_summaries {
+            self.summaries.insert(s.path.clone(), s.clone());
+        }
+        for (image, &at) in &commit.profile_resets {
+            self.profile_resets.insert(image.clone(), at);
+        }
+        for (image, period) in &commit.learning_periods {
+            match period {
+                Some(p) => self.learning_periods.insert(image.clone(), p.clone()),
+                None => self.learning_periods.remove(image),
+            };
+        }
     }
 
     /// The live files of one table.
     pub fn files_of(&self, table: StoredTable) -> impl Iterator<Item = &FileEntry> {
         self.files.values().filter(move |f| f.table == table)
+    }
+
+    /// When `image`'s profile last started again (`i64::MIN` if never reset).
+    pub fn profile_reset(&self, image: &str) -> i64 {
+        self.profile_resets.get(image).copied().unwrap_or(i64::MIN)
     }
 
     /// The WAL watermark of one partition (0 when none).

@@ -7,6 +7,7 @@
 mod confidence;
 mod observed;
 pub mod rebuild;
+pub mod summary;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -109,6 +110,7 @@ impl Completeness {
 
 /// Everything known about one image's behaviour since its profile (re)started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ImageProfile {
     pub image_name: String,
     pub observed: ObservedTime,
@@ -226,6 +228,52 @@ impl ImageProfile {
         stats.windows += windows;
         stats.count += count;
         stats.containers.insert(c);
+    }
+
+    /// Adds everything in `other` (e.g. the summary of another partition). Every
+    /// aggregate merges exactly: the result is the profile of both sets of rows.
+    pub fn merge(&mut self, other: &ImageProfile) {
+        let later = other.observed.last() >= self.observed.last();
+        if !other.image_name.is_empty() && (self.image_name.is_empty() || later) {
+            self.image_name.clone_from(&other.image_name);
+        }
+        for &(s, e) in other.observed.intervals() {
+            self.observed.insert(s, e);
+        }
+        self.windows += other.windows;
+        self.nodes.extend(other.nodes.iter().cloned());
+        let ids: Vec<u32> = other
+            .containers
+            .iter()
+            .zip(&other.container_nodes)
+            .map(|(c, node)| {
+                let id = self.container_id(c);
+                if !node.is_empty() && (later || self.container_nodes[id as usize].is_empty()) {
+                    self.container_nodes[id as usize].clone_from(node);
+                }
+                id
+            })
+            .collect();
+        for (kind, keys) in &other.items {
+            let of_kind = self.items.entry(kind.clone()).or_default();
+            for (key, o) in keys {
+                let s = of_kind.entry(key.clone()).or_insert_with(|| ItemStats {
+                    first_seen: o.first_seen,
+                    last_seen: o.last_seen,
+                    ..Default::default()
+                });
+                s.first_seen = s.first_seen.min(o.first_seen);
+                s.last_seen = s.last_seen.max(o.last_seen);
+                s.windows += o.windows;
+                s.count += o.count;
+                s.containers
+                    .extend(o.containers.iter().map(|&c| ids[c as usize]));
+            }
+        }
+        let (c, o) = (&mut self.completeness, &other.completeness);
+        c.windows_with_dropped_events += o.windows_with_dropped_events;
+        c.windows_capture_paused += o.windows_capture_paused;
+        c.windows_started_after_container += o.windows_started_after_container;
     }
 
     /// Every item as (kind, key, stats).

@@ -4,6 +4,7 @@
 //! admin token the server wrote at first start, `<data-dir>/admin-token`.
 
 pub mod output;
+pub mod profile;
 
 use std::path::PathBuf;
 
@@ -62,7 +63,8 @@ pub enum Command {
     ///
     /// Example: imprint sql "SELECT kind, count(*) FROM fingerprints GROUP BY kind"
     Sql {
-        /// The query (DataFusion SQL). Tables: fingerprints, windows, settings.
+        /// The query (DataFusion SQL). Tables: fingerprints, windows, profiles,
+        /// profile_status, settings.
         query: String,
         /// Output format; `arrow` writes an Arrow IPC stream to stdout.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -74,6 +76,20 @@ pub enum Command {
     /// Show and change server settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// An image's profile: `imprint profile IMAGE` prints its status and, per
+    /// category, its confidence and items; `imprint profile list` lists them all.
+    ///
+    /// IMAGE is a digest (sha256:…) or an image name (repo:tag).
+    #[command(args_conflicts_with_subcommands = true)]
+    Profile {
+        /// Image digest or name.
+        image: Option<String>,
+        /// At most this many items per category (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(subcommand)]
+        command: Option<profile::ProfileCommand>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +276,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 );
             }
         }
+        Command::Profile {
+            image,
+            limit,
+            command,
+        } => match (image, command) {
+            (_, Some(command)) => {
+                let client = admin(channel.clone())?;
+                profile::admin(channel, &token, client, command).await?;
+            }
+            (Some(image), None) => profile::show(channel, &token, &image, limit).await?,
+            (None, None) => {
+                return Err(CliError::Server(
+                    "give an image (digest or name), or `list`: imprint profile --help".into(),
+                ));
+            }
+        },
         Command::Settings(SettingsCommand::Set { key, value }) => {
             let r = admin(channel)?
                 .set_setting(SetSettingRequest { key, value })

@@ -28,21 +28,23 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
-use imprint_proto::ingest_v1::{FingerprintBatch, ItemKind, PushAck};
-use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry};
+use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ItemKind, PushAck};
+use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry, SummaryEntry};
+use imprint_query::layout::PartitionKey;
 use imprint_query::profile::tables::{
     ProfileSource, ProfileTable, ProfileTableKind, learning_period_micros,
 };
-use imprint_query::profile::{ImageProfile, WindowFacts};
+use imprint_query::profile::{ImageProfile, WindowFacts, rebuild, summary};
 use imprint_query::prune::PartitionFilter;
 use imprint_query::schema::StoredTable;
+use imprint_query::settings::{self, FINGERPRINT_RETENTION, parse_duration};
 use imprint_query::store::{default_session_config, new_session};
 use imprint_query::table::{TableView, ViewSource, prune_files};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::dedup::AppliedSeqs;
 use crate::validate::{Invalid, validate_batch};
@@ -96,6 +98,8 @@ pub enum EngineError {
     DataFusion(#[from] DataFusionError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// Why a push was not applied.
@@ -128,6 +132,15 @@ struct Live {
     /// Every image's profile over everything acked (files and buffer), kept
     /// current by the writer in the same step as the buffer.
     profiles: HashMap<String, ImageProfile>,
+    /// Image → when its profile last started again: the catalog's resets, plus
+    /// one being committed (see [`Engine::reset_profile`]).
+    resets: HashMap<String, i64>,
+}
+
+impl Live {
+    fn reset_of(&self, image: &str) -> i64 {
+        self.resets.get(image).copied().unwrap_or(i64::MIN)
+    }
 }
 
 #[derive(Debug)]
@@ -155,46 +168,70 @@ impl ViewSource for LiveView {
 impl ProfileSource for LiveView {
     fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
         let live = self.0.read();
-        let period = learning_period_micros(&live.catalog.settings);
+        let global = learning_period_micros(&live.catalog.settings);
+        let period = |image: &str| {
+            live.catalog
+                .learning_periods
+                .get(image)
+                .and_then(|p| parse_duration(p).ok())
+                .map_or(global, |d| d.as_micros() as i64)
+        };
         match &filter.images {
             Some(images) => images
                 .iter()
-                .filter_map(|i| live.profiles.get(i).map(|p| (i.clone(), period, p.clone())))
+                .filter_map(|i| {
+                    live.profiles
+                        .get(i)
+                        .map(|p| (i.clone(), period(i), p.clone()))
+                })
                 .collect(),
             None => live
                 .profiles
                 .iter()
-                .map(|(i, p)| (i.clone(), period, p.clone()))
+                .map(|(i, p)| (i.clone(), period(i), p.clone()))
                 .collect(),
         }
     }
 }
 
-/// Adds a batch's fingerprints to the image profiles.
-fn apply_to_profiles(profiles: &mut HashMap<String, ImageProfile>, batch: &FingerprintBatch) {
-    for fp in &batch.fingerprints {
-        let profile = match profiles.get_mut(&fp.image) {
-            Some(p) => p,
-            None => profiles.entry(fp.image.clone()).or_default(),
-        };
-        let c = fp.completeness.unwrap_or_default();
-        profile.apply(
-            &fp.image_name,
-            &fp.node,
-            &fp.container_id,
-            (fp.window_start_unix_micros, fp.window_end_unix_micros),
-            WindowFacts {
-                dropped_events: c.dropped_events,
-                capture_paused: c.capture_paused,
-                started_after_container: c.started_after_container,
-            },
-            fp.items.iter().map(|i| {
-                let kind = ItemKind::try_from(i.kind).unwrap_or(ItemKind::Unspecified);
-                (kind.sql_name(), i.key.as_str(), i.count)
-            }),
-        );
+/// Adds one fingerprint to its image's profile, unless its window started before
+/// the image's profile was last reset (`reset_at`).
+fn apply_to_profile(profiles: &mut HashMap<String, ImageProfile>, reset_at: i64, fp: &Fingerprint) {
+    if fp.window_start_unix_micros < reset_at {
+        return;
     }
+    let profile = match profiles.get_mut(&fp.image) {
+        Some(p) => p,
+        None => profiles.entry(fp.image.clone()).or_default(),
+    };
+    let c = fp.completeness.unwrap_or_default();
+    profile.apply(
+        &fp.image_name,
+        &fp.node,
+        &fp.container_id,
+        (fp.window_start_unix_micros, fp.window_end_unix_micros),
+        WindowFacts {
+            dropped_events: c.dropped_events,
+            capture_paused: c.capture_paused,
+            started_after_container: c.started_after_container,
+        },
+        fp.items.iter().map(|i| {
+            let kind = ItemKind::try_from(i.kind).unwrap_or(ItemKind::Unspecified);
+            (kind.sql_name(), i.key.as_str(), i.count)
+        }),
+    );
 }
+
+/// What `imprint profile reset` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileReset {
+    /// The profile counts windows that start at or after this moment (µs).
+    pub reset_at: i64,
+}
+
+/// How often the persister applies `storage.fingerprint_retention` (also at start
+/// and when the setting changes).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Shared between the engine and its writer thread.
 struct Shared {
@@ -249,6 +286,10 @@ impl Engine {
         let catalog = Catalog::load(object_store.clone()).await?;
         let (wal, records) = Wal::open(&config.wal_dir, config.wal_segment_bytes)?;
         let state = catalog.state();
+        // Profiles are derived from what is stored: the summaries (and any raw file
+        // no summary covers), then the rows replayed from the WAL.
+        let started = std::time::Instant::now();
+        let (mut profiles, rebuilt) = rebuild::from_store(object_store.clone(), state).await?;
         let mut applied = AppliedSeqs::from_catalog(&state.agent_seqs);
         let mut buffer = Buffer::default();
         let (mut replayed_items, skipped) = (0u64, std::cell::Cell::new(0usize));
@@ -256,14 +297,29 @@ impl Engine {
             let batch = FingerprintBatch::decode(r.payload.as_slice())
                 .map_err(|source| EngineError::WalDecode { seq: r.seq, source })?;
             applied.insert(&batch.agent_id, batch.seq);
+            let persisted = |k: &PartitionKey| state.watermark(k) >= r.seq;
             replayed_items += buffer.apply(r.seq, &batch, &|k| {
-                let done = state.watermark(k) >= r.seq;
+                let done = persisted(k);
                 if done {
                     skipped.set(skipped.get() + 1);
                 }
                 done
             });
+            for fp in &batch.fingerprints {
+                let key = PartitionKey::new(fp.image.as_str(), fp.window_start_unix_micros);
+                if !persisted(&key) {
+                    apply_to_profile(&mut profiles, state.profile_reset(&fp.image), fp);
+                }
+            }
         }
+        info!(
+            images = profiles.len(),
+            summaries = rebuilt.summaries,
+            summaries_before_reset = rebuilt.summaries_before_reset,
+            raw_files = rebuilt.raw_files,
+            ms = started.elapsed().as_millis() as u64,
+            "profiles computed from stored data"
+        );
         if !records.is_empty() {
             info!(
                 records = records.len(),
@@ -275,7 +331,12 @@ impl Engine {
         let live = Arc::new(RwLock::new(Live {
             buffer,
             catalog: Arc::new(state.clone()),
-            profiles: HashMap::new(),
+            profiles,
+            resets: state
+                .profile_resets
+                .iter()
+                .map(|(i, at)| (i.clone(), *at))
+                .collect(),
         }));
         let session = new_session(
             object_store.clone(),
@@ -295,15 +356,6 @@ impl Engine {
         ] {
             session.register_table(name, Arc::new(ProfileTable::new(kind, view.clone())))?;
         }
-        // Profiles are derived from what is stored (files + replayed buffer).
-        let started = std::time::Instant::now();
-        let profiles = imprint_query::profile::rebuild::from_tables(&session).await?;
-        info!(
-            images = profiles.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "profiles computed from stored data"
-        );
-        live.write().profiles = profiles;
         let buffer_bytes = live.read().buffer.bytes();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),
@@ -323,7 +375,7 @@ impl Engine {
                 path: config.wal_dir.clone(),
                 source: e,
             })?;
-        Ok(Arc::new(Self {
+        let engine = Arc::new(Self {
             object_store,
             shared,
             catalog: tokio::sync::Mutex::new(catalog),
@@ -333,7 +385,9 @@ impl Engine {
             session,
             config,
             meta_changed: tokio::sync::watch::Sender::new(0),
-        }))
+        });
+        engine.apply_retention().await?;
+        Ok(engine)
     }
 
     /// The SQL session over buffer and files (read your writes).
@@ -398,6 +452,113 @@ impl Engine {
         self.meta_changed.subscribe()
     }
 
+    /// Starts `image`'s profile again: from now on (or from the end of the last
+    /// window it has, if that is later) it counts only windows that start at or
+    /// after that moment, and learns anew. The raw history stays queryable.
+    ///
+    /// Exact under concurrent ingest and persistence: the persist lock keeps every
+    /// summary on one side of the reset, and the reset is visible to the writer
+    /// (which fills the new profile) before the commit, undone if it fails.
+    pub async fn reset_profile(&self, image: &str) -> Result<ProfileReset, EngineError> {
+        let _no_persist = self.persist_lock.lock().await;
+        let (reset_at, previous) = {
+            let mut live = self.shared.live.write();
+            let Some((last, name)) = live
+                .profiles
+                .get(image)
+                .map(|p| (p.observed.last(), p.image_name.clone()))
+            else {
+                return Err(EngineError::NotFound(format!(
+                    "no profile for image {image}: nothing has been seen from it \
+                     (see `imprint profile list`)"
+                )));
+            };
+            let reset_at = now_micros().max(last.unwrap_or(i64::MIN));
+            let old_reset = live.resets.insert(image.to_string(), reset_at);
+            // The new profile keeps the image's name until a window brings one.
+            let mut fresh = ImageProfile::default();
+            fresh.image_name = name;
+            let old_profile = live.profiles.insert(image.to_string(), fresh);
+            (reset_at, (old_reset, old_profile))
+        };
+        let committed = self
+            .commit_meta(Commit {
+                profile_resets: BTreeMap::from([(image.to_string(), reset_at)]),
+                ..Default::default()
+            })
+            .await;
+        if let Err(e) = committed {
+            let mut live = self.shared.live.write();
+            let (old_reset, old_profile) = previous;
+            match old_reset {
+                Some(at) => live.resets.insert(image.to_string(), at),
+                None => live.resets.remove(image),
+            };
+            if let Some(p) = old_profile {
+                live.profiles.insert(image.to_string(), p);
+            }
+            return Err(e);
+        }
+        info!(image, reset_at, "profile reset");
+        Ok(ProfileReset { reset_at })
+    }
+
+    /// Sets (or with `None` removes) `image`'s own learning period.
+    pub async fn set_learning_period(
+        &self,
+        image: &str,
+        period: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.commit_meta(Commit {
+            learning_periods: BTreeMap::from([(image.to_string(), period)]),
+            ..Default::default()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes the raw files (fingerprints, windows) whose rows all started before
+    /// `storage.fingerprint_retention` ago. Profiles stay: only files a profile
+    /// summary covers are deleted. Returns the number of files removed.
+    pub async fn apply_retention(&self) -> Result<usize, EngineError> {
+        let state = self.catalog_state();
+        let retention = settings::duration_value(&state.settings, FINGERPRINT_RETENTION);
+        if retention.is_zero() {
+            return Ok(0);
+        }
+        let _no_persist = self.persist_lock.lock().await;
+        let state = self.catalog_state();
+        let cutoff = now_micros().saturating_sub(retention.as_micros() as i64);
+        let covered: HashSet<&str> = state
+            .summaries
+            .values()
+            .flat_map(|s| s.files.iter().map(String::as_str))
+            .collect();
+        let expired: Vec<String> = state
+            .files
+            .values()
+            .filter(|f| f.max_time < cutoff && covered.contains(f.path.as_str()))
+            .map(|f| f.path.clone())
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.commit_meta(Commit {
+            remove: expired.clone(),
+            ..Default::default()
+        })
+        .await?;
+        // Deleted after the commit: a crash in between leaves unreferenced objects,
+        // never a catalog entry without its file.
+        for path in &expired {
+            if let Err(e) = self.object_store.delete(&path.as_str().into()).await {
+                warn!(path, error = %e, "deleting an expired file failed; it is no longer referenced");
+            }
+        }
+        info!(files = expired.len(), retention = ?retention, "expired raw fingerprint files removed");
+        Ok(expired.len())
+    }
+
     pub fn stats(&self) -> EngineStats {
         let live = self.shared.live.read();
         EngineStats {
@@ -439,13 +600,22 @@ impl Engine {
 
     async fn persist_job(&self, job: PersistJob) -> Result<(), EngineError> {
         let rows = job.rows.clone();
-        let encoded = tokio::task::spawn_blocking(move || {
+        // Stable while this job runs: resets take the persist lock too.
+        let since = self.shared.live.read().reset_of(&job.key.image);
+        let (image, hour) = (job.key.image.clone(), job.key.hour);
+        let (encoded, profile_summary) = tokio::task::spawn_blocking(move || {
             let fp = parquet::encode(StoredTable::Fingerprints, &rows.fingerprints)?;
             let win = parquet::encode(StoredTable::Windows, &rows.windows)?;
-            Ok::<_, parquet::EncodeError>([
-                (StoredTable::Fingerprints, fp),
-                (StoredTable::Windows, win),
-            ])
+            let profile = summary::from_rows(&rows.windows, &rows.fingerprints, since)?;
+            let bytes = summary::encode(&image, hour, &profile)?;
+            let window_span = (
+                profile.observed.first().unwrap_or(i64::MIN),
+                profile.observed.last().unwrap_or(i64::MIN),
+            );
+            Ok::<_, EngineError>((
+                [(StoredTable::Fingerprints, fp), (StoredTable::Windows, win)],
+                (bytes, window_span),
+            ))
         })
         .await??;
         let mut add = Vec::new();
@@ -470,11 +640,26 @@ impl Engine {
                 bytes,
             });
         }
+        let (summary_bytes, (first_window, last_window)) = profile_summary;
+        let summary_path = job.key.new_summary_path(&uuid::Uuid::new_v4().to_string());
+        let summary_entry = SummaryEntry {
+            path: summary_path.to_string(),
+            image: job.key.image.clone(),
+            hour: job.key.hour,
+            first_window,
+            last_window,
+            files: add.iter().map(|f| f.path.clone()).collect(),
+            bytes: summary_bytes.len() as u64,
+        };
+        self.object_store
+            .put(&summary_path, PutPayload::from(summary_bytes))
+            .await?;
         let oldest_in_wal = self.shared.wal.lock().oldest_seq();
         let mut catalog = self.catalog.lock().await;
         let commit = Commit {
             time_micros: now_micros(),
             add: add.clone(),
+            add_summaries: vec![summary_entry],
             wal_watermarks: BTreeMap::from([(job.key.id(), job.rows.max_wal_seq)]),
             forget_watermarks_below: Some(oldest_in_wal),
             agent_seqs: Some(self.shared.applied.lock().snapshot()),
@@ -518,6 +703,7 @@ impl Engine {
 
     /// Runs the persister until `shutdown` fires.
     pub async fn run_persister(self: Arc<Self>, shutdown: Arc<Notify>) {
+        let mut last_retention = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.persist_check_interval) => {}
@@ -526,6 +712,12 @@ impl Engine {
             }
             if let Err(e) = self.persist(false).await {
                 error!(error = %e, "persisting failed; the rows stay in the buffer and WAL, retrying");
+            }
+            if last_retention.elapsed() >= RETENTION_INTERVAL {
+                last_retention = std::time::Instant::now();
+                if let Err(e) = self.apply_retention().await {
+                    error!(error = %e, "applying retention failed; retrying later");
+                }
             }
         }
     }
@@ -603,13 +795,17 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
         }
         let mut items = Vec::with_capacity(fresh.len());
         let bytes = {
-            let mut live = shared.live.write();
+            let mut guard = shared.live.write();
+            let live = &mut *guard;
             for (i, r) in fresh.iter().enumerate() {
                 items.push(
                     live.buffer
                         .apply(first_seq + i as u64, &r.batch, &|_| false),
                 );
-                apply_to_profiles(&mut live.profiles, &r.batch);
+                for fp in &r.batch.fingerprints {
+                    let reset_at = live.resets.get(&fp.image).copied().unwrap_or(i64::MIN);
+                    apply_to_profile(&mut live.profiles, reset_at, fp);
+                }
             }
             live.buffer.bytes()
         };

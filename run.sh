@@ -34,8 +34,14 @@ echo "==> what is stored"
 "$BIN/imprint" sql "SELECT kind, count(*) AS rows, count(DISTINCT key) AS distinct_items FROM fingerprints GROUP BY kind ORDER BY rows DESC"
 "$BIN/imprint" sql "SELECT image_name, count(DISTINCT container_id) AS containers, min(time) AS first_seen, max(window_end) AS last_seen FROM windows GROUP BY image_name ORDER BY image_name LIMIT 5"
 
+echo "==> image profiles (learning: the default learning period is 24h)"
+"$BIN/imprint" profile list
+FIRST=$("$BIN/imprint" sql "SELECT image_name FROM profile_status ORDER BY image_name LIMIT 1" --format csv | tail -n 1)
+"$BIN/imprint" profile "$FIRST" --limit 3
+
 echo
 echo "imprintd is running (gRPC + Flight SQL on $IMPRINT_GRPC_ADDR). Try:"
 echo "  $BIN/imprint sql \"SELECT * FROM fingerprints LIMIT 10\""
+echo "  $BIN/imprint settings set profiling.learning_period 2m && $BIN/imprint profile list"
 echo "Press Ctrl-C to stop (everything is persisted to Parquet first)."
 wait $SERVER

@@ -92,15 +92,29 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    grpc: String,
+    pub grpc: String,
     /// The admin token the server wrote at first start.
-    token: String,
+    pub token: String,
 }
 
 impl Server {
-    fn start(bin_dir: &Path, data: &Path) -> Self {
+    pub fn start(bin_dir: &Path, data: &Path) -> Self {
+        Self::spawn(bin_dir, data, "warn", Stdio::null())
+    }
+
+    /// Started with info logging appended to `<data>.log`.
+    pub fn start_logging(bin_dir: &Path, data: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .expect("open the server log");
+        Self::spawn(bin_dir, data, "info", Stdio::from(log))
+    }
+
+    fn spawn(bin_dir: &Path, data: &Path, level: &str, stderr: Stdio) -> Self {
         let port = free_port();
         let http = free_port();
         let grpc = format!("127.0.0.1:{port}");
@@ -114,8 +128,9 @@ impl Server {
                 &format!("127.0.0.1:{http}"),
             ])
             .args(["--max-buffer-bytes", "4GiB"])
-            .env("IMPRINT_LOG", "warn")
+            .env("IMPRINT_LOG", level)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start imprintd");
         while std::net::TcpStream::connect(&grpc).is_err() {
@@ -137,7 +152,7 @@ impl Server {
         }
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -211,7 +226,7 @@ async fn end_to_end(
     }
 }
 
-fn dir_bytes(dir: &Path, ext: &str) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path, ext: &str) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {

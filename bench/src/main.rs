@@ -9,6 +9,7 @@
 
 mod agent;
 mod ingest;
+mod profiles;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,8 @@ enum Command {
     },
     /// Run the ingest benchmark and print its figures.
     Ingest(ingest::IngestArgs),
+    /// Run the profile-query benchmark (with DuckDB and PostgreSQL peers) and print its figures.
+    Profiles(profiles::ProfilesArgs),
     /// Run the agent benchmark and print its figures (needs root).
     Agent(agent::AgentArgs),
     /// Make N getppid() calls and print the nanoseconds they took (the agent benchmark's loop).
@@ -105,6 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("pushed {items} items in {batches} batches to {server}");
         }
         Command::Ingest(args) => ingest::run(args).await?,
+        Command::Profiles(args) => profiles::run(args).await?,
         Command::Agent(args) => agent::run(args)?,
         Command::SyscallLoop { calls } => agent::syscall_loop(calls),
     }

@@ -1,6 +1,7 @@
 //! Opening a store: a local directory or an S3 bucket (with an optional prefix),
 //! and a DataFusion session over its tables.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +16,9 @@ use url::Url;
 
 use crate::catalog::{Catalog, CatalogState};
 use crate::error::{Error, Result};
+use crate::profile::ImageProfile;
+use crate::profile::rebuild;
+use crate::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
 use crate::prune::PartitionFilter;
 use crate::schema::StoredTable;
 use crate::table::{ImprintTable, STORE_URL, SettingsTable, TableView, ViewSource, prune_files};
@@ -120,11 +124,26 @@ pub fn default_session_config() -> SessionConfig {
         .set_bool("datafusion.execution.parquet.reorder_filters", true)
 }
 
-/// A store opened without a server (batch jobs, tools): sees every committed file.
+/// A store opened without a server (batch jobs, tools): sees every committed file,
+/// and the image profiles over them (from the profile summaries).
 #[derive(Debug)]
 pub struct Store {
     object_store: Arc<dyn ObjectStore>,
     catalog: Arc<CatalogState>,
+    profiles: Arc<CommittedProfiles>,
+}
+
+/// The profiles over the committed files, as a [`ProfileSource`].
+#[derive(Debug)]
+struct CommittedProfiles {
+    catalog: Arc<CatalogState>,
+    profiles: HashMap<String, ImageProfile>,
+}
+
+impl ProfileSource for CommittedProfiles {
+    fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
+        select_profiles(&self.catalog, &self.profiles, filter)
+    }
 }
 
 /// The committed files alone, as a [`ViewSource`].
@@ -155,17 +174,29 @@ impl Store {
     }
 
     pub async fn open_object_store(object_store: Arc<dyn ObjectStore>) -> Result<Self> {
-        let catalog = Catalog::load(object_store.clone()).await?;
+        let (catalog, profiles) = Self::load(&object_store).await?;
         Ok(Self {
             object_store,
-            catalog: Arc::new(catalog.state().clone()),
+            catalog,
+            profiles,
         })
+    }
+
+    async fn load(
+        object_store: &Arc<dyn ObjectStore>,
+    ) -> Result<(Arc<CatalogState>, Arc<CommittedProfiles>)> {
+        let catalog = Arc::new(Catalog::load(object_store.clone()).await?.state().clone());
+        let (profiles, _) = rebuild::from_store(object_store.clone(), &catalog).await?;
+        let profiles = Arc::new(CommittedProfiles {
+            catalog: catalog.clone(),
+            profiles,
+        });
+        Ok((catalog, profiles))
     }
 
     /// Re-reads the catalog, to see files committed since opening.
     pub async fn refresh(&mut self) -> Result<()> {
-        let catalog = Catalog::load(self.object_store.clone()).await?;
-        self.catalog = Arc::new(catalog.state().clone());
+        (self.catalog, self.profiles) = Self::load(&self.object_store).await?;
         Ok(())
     }
 
@@ -175,12 +206,14 @@ impl Store {
 
     /// A session over the committed data as of the last open or refresh.
     pub fn session(&self) -> Result<SessionContext> {
-        new_session(
+        let ctx = new_session(
             self.object_store.clone(),
             Arc::new(CommittedFiles(self.catalog.clone())),
             default_session_config(),
             RuntimeEnvBuilder::new(),
-        )
+        )?;
+        profile_tables::register(&ctx, self.profiles.clone())?;
+        Ok(ctx)
     }
 
     /// Runs one SQL query and collects its result.

@@ -80,8 +80,21 @@ async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
         "no rebuild line in the log:\n{log}"
     );
 
-    // A graceful stop persists everything; then lose every summary.
+    // A graceful stop persists everything; an embedded reader of the store sees the
+    // same profiles (from the summaries).
     assert!(server.terminate().success());
+    let store = imprint_query::Store::open(data.to_str().unwrap())
+        .await
+        .unwrap();
+    let mut embedded =
+        imprint_e2e::rows_as_text(&store.sql("SELECT * FROM profile_status").await.unwrap());
+    embedded.extend(imprint_e2e::rows_as_text(
+        &store.sql("SELECT * FROM profiles").await.unwrap(),
+    ));
+    embedded.sort();
+    assert_eq!(embedded, live, "embedded Store");
+
+    // Then lose every summary.
     let summaries = data.join("profiles");
     assert!(
         summaries.is_dir(),

@@ -26,6 +26,8 @@ use crate::layout::{
 
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 64;
+/// Checkpoints kept; older ones are deleted when a new one is written.
+pub const CHECKPOINTS_KEPT: usize = 2;
 
 /// The catalog of one store, loaded in memory.
 #[derive(Debug)]
@@ -142,9 +144,38 @@ impl Catalog {
             .await;
         match put {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
-                info!(seq = self.state.seq, "catalog checkpoint written")
+                info!(seq = self.state.seq, "catalog checkpoint written");
+                self.prune_checkpoints().await;
             }
             Err(e) => warn!(seq = self.state.seq, error = %e, "catalog checkpoint failed"),
+        }
+    }
+
+    /// Deletes every checkpoint but the newest [`CHECKPOINTS_KEPT`]: a load reads
+    /// only the newest, and each holds the whole state (megabytes on a big store),
+    /// so keeping them all would grow the catalog quadratically. The log objects
+    /// stay (the history of commits; loads skip them by listing from an offset).
+    async fn prune_checkpoints(&self) {
+        let listed: std::result::Result<Vec<_>, _> = self
+            .store
+            .list(Some(&CATALOG_CHECKPOINT_DIR.into()))
+            .try_collect()
+            .await;
+        let mut old: Vec<(u64, object_store::path::Path)> = match listed {
+            Ok(metas) => metas
+                .into_iter()
+                .filter_map(|m| catalog_seq_of(&m.location).map(|s| (s, m.location)))
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "listing catalog checkpoints failed; old ones stay");
+                return;
+            }
+        };
+        old.sort_unstable_by_key(|(s, _)| std::cmp::Reverse(*s));
+        for (seq, path) in old.into_iter().skip(CHECKPOINTS_KEPT) {
+            if let Err(e) = self.store.delete(&path).await {
+                warn!(seq, error = %e, "deleting an old catalog checkpoint failed");
+            }
         }
     }
 }

@@ -42,6 +42,31 @@ async fn commits_replay_to_the_same_state_across_checkpoints() {
 }
 
 #[tokio::test]
+async fn only_the_newest_checkpoints_are_kept_and_the_state_still_loads() {
+    use futures::TryStreamExt;
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let mut cat = Catalog::load(store.clone()).await.unwrap();
+    for i in 0..(CHECKPOINT_EVERY * 4 + 3) {
+        cat.commit(Commit {
+            add: vec![file(&format!("f{i}"))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut kept: Vec<u64> = store
+        .list(Some(&CATALOG_CHECKPOINT_DIR.into()))
+        .map_ok(|m| catalog_seq_of(&m.location).unwrap())
+        .try_collect()
+        .await
+        .unwrap();
+    kept.sort_unstable();
+    assert_eq!(kept, vec![CHECKPOINT_EVERY * 3, CHECKPOINT_EVERY * 4]);
+    let reloaded = Catalog::load(store).await.unwrap();
+    assert_eq!(reloaded.state(), cat.state());
+}
+
+#[tokio::test]
 async fn a_second_writer_gets_a_conflict_not_a_silent_overwrite() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let mut a = Catalog::load(store.clone()).await.unwrap();

@@ -1,7 +1,7 @@
 //! The `profiles` and `profile_status` tables, built from the profile state of
 //! the images a query asks for (an `image = …` filter reads one profile only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, LazyLock};
 
@@ -17,11 +17,13 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
 
 use super::{Category, ImageProfile};
+use crate::catalog::CatalogState;
 use crate::prune::PartitionFilter;
 use crate::schema::timestamp_type;
-use crate::settings::{LEARNING_PERIOD, duration_value};
+use crate::settings::{LEARNING_PERIOD, duration_value, parse_duration};
 
 /// Where the profile tables get their state: the server's live profiles.
 pub trait ProfileSource: Send + Sync + Debug {
@@ -33,6 +35,48 @@ pub trait ProfileSource: Send + Sync + Debug {
 /// The learning period the settings give, in microseconds.
 pub fn learning_period_micros(settings: &BTreeMap<String, String>) -> i64 {
     duration_value(settings, LEARNING_PERIOD).as_micros() as i64
+}
+
+/// The learning period of `image` (µs): its own, else the setting's.
+pub fn image_learning_period_micros(state: &CatalogState, image: &str) -> i64 {
+    state
+        .learning_periods
+        .get(image)
+        .and_then(|p| parse_duration(p).ok())
+        .map_or_else(
+            || learning_period_micros(&state.settings),
+            |d| d.as_micros() as i64,
+        )
+}
+
+/// The profiles `filter` allows out of `profiles`, with their learning periods.
+pub fn select_profiles(
+    state: &CatalogState,
+    profiles: &HashMap<String, ImageProfile>,
+    filter: &PartitionFilter,
+) -> Vec<(String, i64, ImageProfile)> {
+    let entry = |(i, p): (&String, &ImageProfile)| {
+        (i.clone(), image_learning_period_micros(state, i), p.clone())
+    };
+    match &filter.images {
+        Some(images) => images
+            .iter()
+            .filter_map(|i| profiles.get_key_value(i))
+            .map(entry)
+            .collect(),
+        None => profiles.iter().map(entry).collect(),
+    }
+}
+
+/// Registers `profiles` and `profile_status` over `source` in `ctx`.
+pub fn register(ctx: &SessionContext, source: Arc<dyn ProfileSource>) -> DfResult<()> {
+    for (name, kind) in [
+        ("profiles", ProfileTableKind::Profiles),
+        ("profile_status", ProfileTableKind::Status),
+    ] {
+        ctx.register_table(name, Arc::new(ProfileTable::new(kind, source.clone())))?;
+    }
+    Ok(())
 }
 
 /// `profiles(image, image_name, kind, key, first_seen, last_seen, containers,

@@ -31,13 +31,11 @@ use datafusion::prelude::SessionContext;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ItemKind, PushAck};
 use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry, SummaryEntry};
 use imprint_query::layout::PartitionKey;
-use imprint_query::profile::tables::{
-    ProfileSource, ProfileTable, ProfileTableKind, learning_period_micros,
-};
+use imprint_query::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
 use imprint_query::profile::{ImageProfile, WindowFacts, rebuild, summary};
 use imprint_query::prune::PartitionFilter;
 use imprint_query::schema::StoredTable;
-use imprint_query::settings::{self, FINGERPRINT_RETENTION, parse_duration};
+use imprint_query::settings::{self, FINGERPRINT_RETENTION};
 use imprint_query::store::{default_session_config, new_session};
 use imprint_query::table::{TableView, ViewSource, prune_files};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -168,29 +166,7 @@ impl ViewSource for LiveView {
 impl ProfileSource for LiveView {
     fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
         let live = self.0.read();
-        let global = learning_period_micros(&live.catalog.settings);
-        let period = |image: &str| {
-            live.catalog
-                .learning_periods
-                .get(image)
-                .and_then(|p| parse_duration(p).ok())
-                .map_or(global, |d| d.as_micros() as i64)
-        };
-        match &filter.images {
-            Some(images) => images
-                .iter()
-                .filter_map(|i| {
-                    live.profiles
-                        .get(i)
-                        .map(|p| (i.clone(), period(i), p.clone()))
-                })
-                .collect(),
-            None => live
-                .profiles
-                .iter()
-                .map(|(i, p)| (i.clone(), period(i), p.clone()))
-                .collect(),
-        }
+        select_profiles(&live.catalog, &live.profiles, filter)
     }
 }
 
@@ -349,13 +325,7 @@ impl Engine {
                     .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
             ),
         )?;
-        let view = Arc::new(LiveView(live.clone()));
-        for (name, kind) in [
-            ("profiles", ProfileTableKind::Profiles),
-            ("profile_status", ProfileTableKind::Status),
-        ] {
-            session.register_table(name, Arc::new(ProfileTable::new(kind, view.clone())))?;
-        }
+        profile_tables::register(&session, Arc::new(LiveView(live.clone())))?;
         let buffer_bytes = live.read().buffer.bytes();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),

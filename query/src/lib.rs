@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod error;
 pub mod file_scan;
+pub mod inuse;
 pub mod layout;
 pub mod profile;
 pub mod prune;

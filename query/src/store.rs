@@ -16,6 +16,8 @@ use url::Url;
 
 use crate::catalog::{Catalog, CatalogState};
 use crate::error::{Error, Result};
+use crate::inuse::state::InUseState;
+use crate::inuse::tables::{self as inuse_tables, InUseSource, Snapshot};
 use crate::profile::ImageProfile;
 use crate::profile::rebuild;
 use crate::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
@@ -133,16 +135,24 @@ pub struct Store {
     profiles: Arc<CommittedProfiles>,
 }
 
-/// The profiles over the committed files, as a [`ProfileSource`].
+/// The profiles and In Use data over the committed files, as a [`ProfileSource`]
+/// and an [`InUseSource`].
 #[derive(Debug)]
 struct CommittedProfiles {
     catalog: Arc<CatalogState>,
     profiles: HashMap<String, ImageProfile>,
+    inuse: Arc<InUseState>,
 }
 
 impl ProfileSource for CommittedProfiles {
     fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
         select_profiles(&self.catalog, &self.profiles, filter)
+    }
+}
+
+impl InUseSource for CommittedProfiles {
+    fn snapshot(&self, filter: &PartitionFilter) -> Snapshot {
+        inuse_tables::snapshot(&self.inuse, &self.profiles, &self.catalog.settings, filter)
     }
 }
 
@@ -187,9 +197,11 @@ impl Store {
     ) -> Result<(Arc<CatalogState>, Arc<CommittedProfiles>)> {
         let catalog = Arc::new(Catalog::load(object_store.clone()).await?.state().clone());
         let (profiles, _) = rebuild::from_store(object_store.clone(), &catalog).await?;
+        let inuse = Arc::new(InUseState::load(object_store.clone(), &catalog).await?);
         let profiles = Arc::new(CommittedProfiles {
             catalog: catalog.clone(),
             profiles,
+            inuse,
         });
         Ok((catalog, profiles))
     }
@@ -213,6 +225,7 @@ impl Store {
             RuntimeEnvBuilder::new(),
         )?;
         profile_tables::register(&ctx, self.profiles.clone())?;
+        inuse_tables::register(&ctx, self.profiles.clone())?;
         Ok(ctx)
     }
 

@@ -160,3 +160,58 @@ impl TableProvider for ImprintTable {
         }
     }
 }
+
+/// Builds a view's one batch for the partitions (images) a query's filters allow.
+pub type BuildBatch = dyn Fn(&PartitionFilter) -> DfResult<RecordBatch> + Send + Sync;
+
+/// A view computed in memory per query (profiles, In Use): the filters pick what
+/// to build (`image = …` builds one image); every filter still applies to the rows.
+pub struct BuiltTable {
+    schema: SchemaRef,
+    build: Box<BuildBatch>,
+}
+
+impl BuiltTable {
+    pub fn new(schema: SchemaRef, build: Box<BuildBatch>) -> Self {
+        Self { schema, build }
+    }
+}
+
+impl Debug for BuiltTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltTable")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TableProvider for BuiltTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = (self.build)(&PartitionFilter::from_exprs(filters))?;
+        let mem = MemorySourceConfig::try_new(&[vec![batch]], self.schema(), projection.cloned())?
+            .with_limit(limit);
+        Ok(DataSourceExec::from_data_source(mem))
+    }
+}

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use imprint_proto::admin_v1::admin_server::Admin;
 use imprint_proto::admin_v1::{
     CreateTokenRequest, CreateTokenResponse, GetSettingsRequest, GetSettingsResponse,
+    ImportAdvisoriesRequest, ImportResponse, ImportSbomRequest, ImportVulnsRequest,
     ListTokensRequest, ListTokensResponse, ResetProfileRequest, ResetProfileResponse,
     RevokeTokenRequest, RevokeTokenResponse, SetLearningPeriodRequest, SetLearningPeriodResponse,
     SetSettingRequest, SetSettingResponse, Setting, TokenInfo,
 };
 use imprint_proto::digest::check_digest;
 use imprint_query::catalog::{Commit, TokenRecord};
+use imprint_query::inuse::state::Part;
+use imprint_query::inuse::{sbom, vulns};
 use imprint_query::settings;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -275,5 +278,104 @@ impl Admin for AdminService {
             .map_err(internal)?;
         info!(image = %r.image, learning_period = ?period, "image learning period set");
         Ok(Response::new(SetLearningPeriodResponse {}))
+    }
+
+    async fn import_sbom(
+        &self,
+        request: Request<ImportSbomRequest>,
+    ) -> Result<Response<ImportResponse>, Status> {
+        let r = request.into_inner();
+        check_digest(&r.image).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let root = if r.root.is_empty() {
+            "/"
+        } else {
+            r.root.as_str()
+        };
+        if !root.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "root: {root:?} is not an absolute path inside the image"
+            )));
+        }
+        let (format, inventory) = sbom::parse(&r.document, root)
+            .map_err(|e| Status::invalid_argument(format!("SBOM: {e}")))?;
+        let response = ImportResponse {
+            format: format.name().to_string(),
+            packages: inventory.packages.len() as u64,
+            files: inventory
+                .packages
+                .iter()
+                .map(|p| p.files.len() as u64)
+                .sum(),
+            ..Default::default()
+        };
+        self.engine
+            .import_part(
+                &r.image,
+                Part::Inventory {
+                    source: "sbom".into(),
+                    format: format.name().into(),
+                    inventory,
+                },
+            )
+            .await
+            .map_err(internal)?;
+        info!(image = %r.image, format = response.format, packages = response.packages, files = response.files, "SBOM imported");
+        Ok(Response::new(response))
+    }
+
+    async fn import_vulns(
+        &self,
+        request: Request<ImportVulnsRequest>,
+    ) -> Result<Response<ImportResponse>, Status> {
+        let r = request.into_inner();
+        check_digest(&r.image).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let (format, vulnerabilities) = vulns::parse_report(&r.report)
+            .map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
+        let response = ImportResponse {
+            format: format.name().to_string(),
+            vulnerabilities: vulnerabilities.len() as u64,
+            ..Default::default()
+        };
+        self.engine
+            .import_part(
+                &r.image,
+                Part::Report {
+                    format: format.name().into(),
+                    vulnerabilities,
+                },
+            )
+            .await
+            .map_err(internal)?;
+        info!(image = %r.image, format = response.format, vulnerabilities = response.vulnerabilities, "scanner report imported");
+        Ok(Response::new(response))
+    }
+
+    async fn import_advisories(
+        &self,
+        request: Request<ImportAdvisoriesRequest>,
+    ) -> Result<Response<ImportResponse>, Status> {
+        let docs = request.into_inner().documents;
+        if docs.is_empty() {
+            return Err(Status::invalid_argument(
+                "documents: no OSV documents given",
+            ));
+        }
+        // All or nothing: one bad document refuses the import, naming it.
+        let advisories = docs
+            .iter()
+            .map(|d| vulns::parse_osv(&d.json, &d.name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let n = advisories.len() as u64;
+        self.engine
+            .import_advisories(advisories)
+            .await
+            .map_err(internal)?;
+        info!(advisories = n, "OSV advisories imported");
+        Ok(Response::new(ImportResponse {
+            format: "osv".into(),
+            advisories: n,
+            ..Default::default()
+        }))
     }
 }

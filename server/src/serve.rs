@@ -138,7 +138,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
         builder
             .layer(GrpcAuthLayer::new(auth.clone()))
-            .add_service(AdminServer::new(AdminService::new(engine.clone())))
+            .add_service(
+                // SBOMs of large images are megabytes.
+                AdminServer::new(AdminService::new(engine.clone()))
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE),
+            )
             .add_service(AgentConfigServer::new(AgentConfigService::new(
                 engine.clone(),
                 stop_rx.clone(),

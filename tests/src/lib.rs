@@ -188,6 +188,24 @@ impl Imprintd {
         }
     }
 
+    /// Runs the `imprint` CLI against this server with its admin token; returns
+    /// (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(bin("imprint"));
+        cmd.args(["--server", &self.grpc_url()])
+            .env("IMPRINT_TOKEN", &self.token)
+            .args(args);
+        if let Some(ca) = &self.ca_cert {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        let out = cmd.output().expect("run imprint");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -539,4 +557,5 @@ impl Drop for Moto {
     }
 }
 pub mod agent;
+pub mod osv;
 pub mod slt;

@@ -10,7 +10,9 @@
 
 mod state;
 
-pub use state::{CatalogState, Commit, FileEntry, SeqRanges, SummaryEntry, TokenRecord};
+pub use state::{
+    CatalogState, Commit, FileEntry, InventoryRef, SeqRanges, SummaryEntry, TokenRecord,
+};
 
 use std::sync::Arc;
 

@@ -109,6 +109,21 @@ pub struct Commit {
     /// override (the global setting applies again).
     #[serde(default)]
     pub learning_periods: BTreeMap<String, Option<String>>,
+    /// In Use parts (inventories, scanner reports) that replace their slot.
+    #[serde(default)]
+    pub set_inventory: Vec<InventoryRef>,
+    /// OSV advisory objects added.
+    #[serde(default)]
+    pub add_advisories: Vec<String>,
+}
+
+/// An In Use part of an image: the object at `path` fills `slot`
+/// (`packages:sbom`, `report:grype-json`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRef {
+    pub image: String,
+    pub slot: String,
+    pub path: String,
 }
 
 /// Everything the catalog knows, as of commit `seq`.
@@ -131,6 +146,12 @@ pub struct CatalogState {
     pub profile_resets: BTreeMap<String, i64>,
     #[serde(default)]
     pub learning_periods: BTreeMap<String, String>,
+    /// In Use parts: image → slot → object path.
+    #[serde(default)]
+    pub inventory: BTreeMap<String, BTreeMap<String, String>>,
+    /// OSV advisory objects, in import order.
+    #[serde(default)]
+    pub advisories: Vec<String>,
 }
 
 impl CatalogState {
@@ -165,6 +186,14 @@ impl CatalogState {
         for (image, &at) in &commit.profile_resets {
             self.profile_resets.insert(image.clone(), at);
         }
+        for r in &commit.set_inventory {
+            self.inventory
+                .entry(r.image.clone())
+                .or_default()
+                .insert(r.slot.clone(), r.path.clone());
+        }
+        self.advisories
+            .extend(commit.add_advisories.iter().cloned());
         for (image, period) in &commit.learning_periods {
             match period {
                 Some(p) => self.learning_periods.insert(image.clone(), p.clone()),

@@ -10,13 +10,7 @@ use arrow::array::{
     TimestampMicrosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
-use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
-use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use super::{Category, ImageProfile};
@@ -24,6 +18,7 @@ use crate::catalog::CatalogState;
 use crate::prune::PartitionFilter;
 use crate::schema::timestamp_type;
 use crate::settings::{LEARNING_PERIOD, duration_value, parse_duration};
+use crate::table::BuiltTable;
 
 /// Where the profile tables get their state: the server's live profiles.
 pub trait ProfileSource: Send + Sync + Debug {
@@ -74,7 +69,23 @@ pub fn register(ctx: &SessionContext, source: Arc<dyn ProfileSource>) -> DfResul
         ("profiles", ProfileTableKind::Profiles),
         ("profile_status", ProfileTableKind::Status),
     ] {
-        ctx.register_table(name, Arc::new(ProfileTable::new(kind, source.clone())))?;
+        let source = source.clone();
+        let schema = match kind {
+            ProfileTableKind::Profiles => PROFILES_SCHEMA.clone(),
+            ProfileTableKind::Status => PROFILE_STATUS_SCHEMA.clone(),
+        };
+        let table = BuiltTable::new(
+            schema,
+            Box::new(move |filter| {
+                let mut profiles = source.profiles(filter);
+                profiles.sort_by(|a, b| a.0.cmp(&b.0));
+                match kind {
+                    ProfileTableKind::Profiles => profiles_batch(&profiles),
+                    ProfileTableKind::Status => status_batch(&profiles),
+                }
+            }),
+        );
+        ctx.register_table(name, Arc::new(table))?;
     }
     Ok(())
 }
@@ -247,58 +258,4 @@ fn status_batch(profiles: &[(String, i64, ImageProfile)]) -> DfResult<RecordBatc
 pub enum ProfileTableKind {
     Profiles,
     Status,
-}
-
-/// `profiles` or `profile_status` over a [`ProfileSource`].
-#[derive(Debug)]
-pub struct ProfileTable {
-    kind: ProfileTableKind,
-    source: Arc<dyn ProfileSource>,
-}
-
-impl ProfileTable {
-    pub fn new(kind: ProfileTableKind, source: Arc<dyn ProfileSource>) -> Self {
-        Self { kind, source }
-    }
-}
-
-#[async_trait]
-impl TableProvider for ProfileTable {
-    fn schema(&self) -> SchemaRef {
-        match self.kind {
-            ProfileTableKind::Profiles => PROFILES_SCHEMA.clone(),
-            ProfileTableKind::Status => PROFILE_STATUS_SCHEMA.clone(),
-        }
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // `image = …` picks the profiles to copy; every filter still applies.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let filter = PartitionFilter::from_exprs(filters);
-        let mut profiles = self.source.profiles(&filter);
-        profiles.sort_by(|a, b| a.0.cmp(&b.0));
-        let batch = match self.kind {
-            ProfileTableKind::Profiles => profiles_batch(&profiles)?,
-            ProfileTableKind::Status => status_batch(&profiles)?,
-        };
-        let mem = MemorySourceConfig::try_new(&[vec![batch]], self.schema(), projection.cloned())?
-            .with_limit(limit);
-        Ok(DataSourceExec::from_data_source(mem))
-    }
 }

@@ -3,6 +3,7 @@
 //! Every command sends a bearer token: `--token` (or `IMPRINT_TOKEN`), else the
 //! admin token the server wrote at first start, `<data-dir>/admin-token`.
 
+pub mod inuse;
 pub mod output;
 pub mod profile;
 
@@ -89,6 +90,20 @@ pub enum Command {
         limit: usize,
         #[command(subcommand)]
         command: Option<profile::ProfileCommand>,
+    },
+    /// Import SBOMs, scanner reports and OSV advisories (admin).
+    #[command(subcommand)]
+    Import(inuse::ImportCommand),
+    /// An image's vulnerabilities with an In Use column: in use first, then by
+    /// severity.
+    ///
+    /// Example: imprint vulns registry.example/api:1 --in-use
+    Vulns {
+        /// Image digest or name.
+        image: String,
+        /// Only the vulnerabilities of packages in use.
+        #[arg(long)]
+        in_use: bool,
     },
 }
 
@@ -292,6 +307,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 ));
             }
         },
+        Command::Import(command) => {
+            let client = admin(channel.clone())?;
+            inuse::import(channel, &token, client, command).await?;
+        }
+        Command::Vulns { image, in_use } => inuse::vulns(channel, &token, &image, in_use).await?,
         Command::Settings(SettingsCommand::Set { key, value }) => {
             let r = admin(channel)?
                 .set_setting(SetSettingRequest { key, value })

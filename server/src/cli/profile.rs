@@ -37,23 +37,23 @@ pub enum ProfileCommand {
 }
 
 /// Rows of a query as text cells by column name.
-struct Rows(Vec<RecordBatch>);
+pub(crate) struct Rows(pub Vec<RecordBatch>);
 
 impl Rows {
-    fn iter(&self) -> impl Iterator<Item = Row<'_>> {
+    pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
         self.0
             .iter()
             .flat_map(|b| (0..b.num_rows()).map(move |r| Row(b, r)))
     }
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.0.iter().map(RecordBatch::num_rows).sum()
     }
 }
 
-struct Row<'a>(&'a RecordBatch, usize);
+pub(crate) struct Row<'a>(&'a RecordBatch, usize);
 
 impl Row<'_> {
-    fn get(&self, column: &str) -> String {
+    pub fn get(&self, column: &str) -> String {
         self.0
             .column_by_name(column)
             .and_then(|c| {
@@ -70,7 +70,7 @@ impl Row<'_> {
     }
 }
 
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -90,7 +90,11 @@ pub fn human_seconds(seconds: f64) -> String {
 
 /// The digest `image` names: itself when it is a digest, else the one profile
 /// with that image name. Several digests under one name is an error listing them.
-async fn resolve(channel: &Channel, token: &str, image: &str) -> Result<String, CliError> {
+pub(crate) async fn resolve(
+    channel: &Channel,
+    token: &str,
+    image: &str,
+) -> Result<String, CliError> {
     if image.strip_prefix("sha256:").is_some_and(is_lower_hex64) {
         return Ok(image.to_string());
     }

@@ -29,7 +29,12 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ItemKind, PushAck};
-use imprint_query::catalog::{Catalog, CatalogState, Commit, FileEntry, SummaryEntry};
+use imprint_query::catalog::{
+    Catalog, CatalogState, Commit, FileEntry, InventoryRef, SummaryEntry,
+};
+use imprint_query::inuse::state::{InUseState, Part, encode_advisories, encode_part};
+use imprint_query::inuse::tables::{self as inuse_tables, InUseSource, Snapshot};
+use imprint_query::inuse::vulns::Advisory;
 use imprint_query::layout::PartitionKey;
 use imprint_query::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
 use imprint_query::profile::{ImageProfile, WindowFacts, rebuild, summary};
@@ -133,6 +138,8 @@ struct Live {
     /// Image → when its profile last started again: the catalog's resets, plus
     /// one being committed (see [`Engine::reset_profile`]).
     resets: HashMap<String, i64>,
+    /// Inventories, scanner reports and advisories (replaced whole on import).
+    inuse: Arc<InUseState>,
 }
 
 impl Live {
@@ -167,6 +174,13 @@ impl ProfileSource for LiveView {
     fn profiles(&self, filter: &PartitionFilter) -> Vec<(String, i64, ImageProfile)> {
         let live = self.0.read();
         select_profiles(&live.catalog, &live.profiles, filter)
+    }
+}
+
+impl InUseSource for LiveView {
+    fn snapshot(&self, filter: &PartitionFilter) -> Snapshot {
+        let live = self.0.read();
+        inuse_tables::snapshot(&live.inuse, &live.profiles, &live.catalog.settings, filter)
     }
 }
 
@@ -226,6 +240,8 @@ pub struct Engine {
     catalog: tokio::sync::Mutex<Catalog>,
     writer: mpsc::Sender<WriteRequest>,
     persist_lock: tokio::sync::Mutex<()>,
+    /// Serialises In Use imports (copy-on-write of the shared state).
+    inuse_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
     session: SessionContext,
     config: EngineConfig,
@@ -266,6 +282,7 @@ impl Engine {
         // no summary covers), then the rows replayed from the WAL.
         let started = std::time::Instant::now();
         let (mut profiles, rebuilt) = rebuild::from_store(object_store.clone(), state).await?;
+        let inuse = InUseState::load(object_store.clone(), state).await?;
         let mut applied = AppliedSeqs::from_catalog(&state.agent_seqs);
         let mut buffer = Buffer::default();
         let (mut replayed_items, skipped) = (0u64, std::cell::Cell::new(0usize));
@@ -313,6 +330,7 @@ impl Engine {
                 .iter()
                 .map(|(i, at)| (i.clone(), *at))
                 .collect(),
+            inuse: Arc::new(inuse),
         }));
         let session = new_session(
             object_store.clone(),
@@ -326,6 +344,7 @@ impl Engine {
             ),
         )?;
         profile_tables::register(&session, Arc::new(LiveView(live.clone())))?;
+        inuse_tables::register(&session, Arc::new(LiveView(live.clone())))?;
         let buffer_bytes = live.read().buffer.bytes();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),
@@ -351,6 +370,7 @@ impl Engine {
             catalog: tokio::sync::Mutex::new(catalog),
             writer: tx,
             persist_lock: tokio::sync::Mutex::new(()),
+            inuse_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             session,
             config,
@@ -471,6 +491,59 @@ impl Engine {
         }
         info!(image, reset_at, "profile reset");
         Ok(ProfileReset { reset_at })
+    }
+
+    /// Stores an In Use part of `image` (an inventory or a scanner report),
+    /// replacing the part in the same slot.
+    pub async fn import_part(&self, image: &str, part: Part) -> Result<(), EngineError> {
+        let bytes = encode_part(image, &part)?;
+        let slot = part.slot();
+        let path = object_store::path::Path::from(format!(
+            "inventory/image={}/{}-{}.json.zst",
+            imprint_query::layout::path_safe_digest(image),
+            slot.replace(':', "-"),
+            uuid::Uuid::new_v4()
+        ));
+        self.object_store
+            .put(&path, PutPayload::from(bytes))
+            .await?;
+        // One import at a time, so no update of the shared state is lost.
+        let _one = self.inuse_lock.lock().await;
+        self.commit_meta(Commit {
+            set_inventory: vec![InventoryRef {
+                image: image.to_string(),
+                slot,
+                path: path.to_string(),
+            }],
+            ..Default::default()
+        })
+        .await?;
+        let mut live = self.shared.live.write();
+        let mut next = (*live.inuse).clone();
+        next.insert_part(image, part);
+        live.inuse = Arc::new(next);
+        Ok(())
+    }
+
+    /// Stores OSV advisories (matched against every image's packages).
+    pub async fn import_advisories(&self, advisories: Vec<Advisory>) -> Result<(), EngineError> {
+        let bytes = encode_advisories(&advisories)?;
+        let path =
+            object_store::path::Path::from(format!("advisories/{}.json.zst", uuid::Uuid::new_v4()));
+        self.object_store
+            .put(&path, PutPayload::from(bytes))
+            .await?;
+        let _one = self.inuse_lock.lock().await;
+        self.commit_meta(Commit {
+            add_advisories: vec![path.to_string()],
+            ..Default::default()
+        })
+        .await?;
+        let mut live = self.shared.live.write();
+        let mut next = (*live.inuse).clone();
+        next.insert_advisories(advisories);
+        live.inuse = Arc::new(next);
+        Ok(())
     }
 
     /// Sets (or with `None` removes) `image`'s own learning period.

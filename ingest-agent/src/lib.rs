@@ -5,10 +5,12 @@
 pub mod attribution;
 pub mod capture;
 pub mod guard;
+pub mod inventory;
 pub mod metrics;
 pub mod paths;
 pub mod probes;
 pub mod procfs;
+pub mod scanner;
 pub mod settings_watch;
 pub mod shipper;
 pub mod spool;

@@ -11,7 +11,7 @@ use imprint_agent::attribution::{Attributor, StaticMapping, cgroups};
 use imprint_agent::capture::{Capture, CaptureConfig, Control};
 use imprint_agent::metrics::{self, Metrics};
 use imprint_agent::shipper::{Shipper, ShipperConfig};
-use imprint_agent::{guard, probes, procfs, settings_watch, spool};
+use imprint_agent::{guard, probes, procfs, scanner, settings_watch, spool};
 use imprint_proto::duration::parse_duration;
 
 /// Imprint's node agent: records what every container on this node does with eBPF (processes,
@@ -143,10 +143,12 @@ fn run(args: Args) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
 
     let probes = probes::Probes::load(root_cgroup).map_err(|e| e.to_string())?;
+    let (resolved_tx, resolved_rx) = std::sync::mpsc::channel();
     let attributor = Attributor::start(
         index,
         args.cgroup_images.clone(),
         args.runtime_sockets.clone(),
+        Some(resolved_tx),
     );
     let (fingerprints_tx, fingerprints_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut capture = Capture::new(
@@ -194,11 +196,27 @@ fn run(args: Args) -> Result<(), String> {
                 tracing::error!(%error, %metrics_addr, "cannot serve /metrics");
             }
         });
+        let scanner_on = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(settings_watch::run(
             shipper_config.clone(),
             control_tx.clone(),
             args.profiling,
+            scanner_on.clone(),
         ));
+        let (scanner_config, scanner_metrics) = (shipper_config.clone(), metrics.clone());
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("scanner".into())
+            .spawn(move || {
+                scanner::run(
+                    scanner_config,
+                    resolved_rx,
+                    scanner_on,
+                    scanner_metrics,
+                    handle,
+                )
+            })
+            .expect("spawn the scanner thread");
         tokio::spawn(guard::run(
             guard::Limits {
                 max_cpu_percent: args.max_cpu_percent,

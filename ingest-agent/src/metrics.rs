@@ -29,6 +29,8 @@ pub struct Metrics {
     pub cpu_centipercent: AtomicU64,
     pub rss_bytes: AtomicU64,
     pub containers: AtomicI64,
+    pub inventories_sent: AtomicU64,
+    pub inventory_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -115,6 +117,18 @@ impl Metrics {
             "counter",
             "Fingerprints dropped because the spool was full.",
             g(&self.spool_lost_fingerprints).to_string(),
+        );
+        metric(
+            "imprint_agent_inventories_sent_total",
+            "counter",
+            "Image inventories (runtime scanner) acknowledged by the server.",
+            g(&self.inventories_sent).to_string(),
+        );
+        metric(
+            "imprint_agent_inventory_failures_total",
+            "counter",
+            "Image inventories that could not be sent (retried).",
+            g(&self.inventory_failures).to_string(),
         );
         metric(
             "imprint_agent_guard_trips_total",

@@ -1,7 +1,9 @@
 //! Follows the server's agent settings (`AgentConfig.Watch`): `profiling.enabled` switches
-//! capture on and off. While the server cannot be reached the last known value stays in force
+//! capture on and off; `runtime_scanner.eve_enabled` the runtime scanner. While the server cannot be reached the last known value stays in force
 //! (at start: `--profiling`), and the watch reconnects with backoff.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -12,11 +14,16 @@ use crate::capture::Control;
 use crate::shipper::ShipperConfig;
 
 /// `local_default` (`--profiling`) holds until the server has answered once.
-pub async fn run(config: ShipperConfig, control: Sender<Control>, local_default: bool) {
+pub async fn run(
+    config: ShipperConfig,
+    control: Sender<Control>,
+    local_default: bool,
+    scanner: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(500);
     let mut current: Option<bool> = None;
     loop {
-        match watch_once(&config, &control, &mut current).await {
+        match watch_once(&config, &control, &mut current, &scanner).await {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(error) => tracing::debug!(%error, "agent settings watch failed; retrying"),
         }
@@ -35,6 +42,7 @@ async fn watch_once(
     config: &ShipperConfig,
     control: &Sender<Control>,
     current: &mut Option<bool>,
+    scanner: &AtomicBool,
 ) -> Result<(), String> {
     let channel = connect(&config.server, config.ca_cert.as_deref())
         .await
@@ -61,6 +69,7 @@ async fn watch_once(
             );
         }
         *current = Some(settings.profiling_enabled);
+        scanner.store(settings.runtime_scanner_enabled, Ordering::Relaxed);
         if control
             .send(Control::Profiling(settings.profiling_enabled))
             .is_err()

@@ -7,7 +7,12 @@ use std::pin::Pin;
 use futures::Stream;
 use imprint_proto::ingest_v1::agent_config_server::AgentConfig;
 use imprint_proto::ingest_v1::ingest_server::Ingest;
-use imprint_proto::ingest_v1::{AgentSettings, FingerprintBatch, PushAck, WatchAgentConfigRequest};
+use imprint_proto::ingest_v1::{
+    AgentSettings, FingerprintBatch, InventoryAck, InventoryReport, PushAck,
+    WatchAgentConfigRequest,
+};
+use imprint_query::inuse::inventory::{Inventory, Package};
+use imprint_query::inuse::state::Part;
 use imprint_query::settings;
 use tonic::{Request, Response, Status};
 
@@ -35,6 +40,104 @@ impl Ingest for IngestService {
             .map_err(ingest_status)?;
         Ok(Response::new(ack))
     }
+
+    async fn report_inventory(
+        &self,
+        request: Request<InventoryReport>,
+    ) -> Result<Response<InventoryAck>, Status> {
+        let report = request.into_inner();
+        let inventory = validate_inventory(&report).map_err(Status::invalid_argument)?;
+        let ack = InventoryAck {
+            packages: inventory.packages.len() as u64,
+            files: inventory
+                .packages
+                .iter()
+                .map(|p| p.files.len() as u64)
+                .sum(),
+        };
+        self.engine
+            .import_part(
+                &report.image,
+                Part::Inventory {
+                    source: "agent".into(),
+                    format: "runtime-scan".into(),
+                    inventory,
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(format!("storing the inventory: {e}")))?;
+        tracing::info!(image = %report.image, agent = %report.agent_id, packages = ack.packages, files = ack.files, "runtime inventory stored");
+        Ok(Response::new(ack))
+    }
+}
+
+/// Limits of one inventory report (the agent's scanner stays below them).
+const MAX_PACKAGES: usize = 20_000;
+const MAX_FILES: usize = 1_000_000;
+const MAX_TEXT: usize = 4096;
+
+/// Checks a report and turns it into an inventory; the error names the field.
+fn validate_inventory(r: &InventoryReport) -> Result<Inventory, String> {
+    imprint_proto::digest::check_digest(&r.image).map_err(|e| format!("image: {e}"))?;
+    if r.packages.len() > MAX_PACKAGES {
+        return Err(format!(
+            "packages: {} is more than {MAX_PACKAGES}",
+            r.packages.len()
+        ));
+    }
+    let mut files = 0usize;
+    let mut packages = Vec::with_capacity(r.packages.len());
+    for (i, p) in r.packages.iter().enumerate() {
+        let text = |field: &str, v: &str, required: bool| {
+            if (required && v.is_empty()) || v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+                Err(format!(
+                    "packages[{i}].{field}: {} (1 to {MAX_TEXT} bytes of printable text)",
+                    if v.is_empty() { "empty" } else { "invalid" }
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        text("name", &p.name, true)?;
+        text("version", &p.version, false)?;
+        text("type", &p.r#type, true)?;
+        text("purl", &p.purl, false)?;
+        text("source_package", &p.source_package, false)?;
+        for (j, f) in p.files.iter().enumerate() {
+            if !f.starts_with('/') || f.len() > MAX_TEXT || f.contains('\0') {
+                return Err(format!(
+                    "packages[{i}].files[{j}]: not an absolute path: {f:?}"
+                ));
+            }
+        }
+        files += p.files.len();
+        if files > MAX_FILES {
+            return Err(format!("packages: more than {MAX_FILES} files in all"));
+        }
+        packages.push(Package {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            kind: p.r#type.clone(),
+            purl: p.purl.clone(),
+            source_package: p.source_package.clone(),
+            files: p.files.clone(),
+        });
+    }
+    for (alias, target) in &r.symlinks {
+        if !alias.starts_with('/') || !target.starts_with('/') {
+            return Err(format!(
+                "symlinks: {alias:?} -> {target:?}: both must be absolute"
+            ));
+        }
+    }
+    Ok(Inventory {
+        packages,
+        symlinks: r
+            .symlinks
+            .iter()
+            .map(|(a, t)| (a.clone(), t.clone()))
+            .collect(),
+    })
 }
 
 /// The agent-config service: streams the settings agents follow.
@@ -102,5 +205,45 @@ impl AgentConfig for AgentConfigService {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_proto::ingest_v1::Package as WirePackage;
+
+    fn report(files: &[&str]) -> InventoryReport {
+        InventoryReport {
+            agent_id: "a".into(),
+            image: format!("sha256:{}", "ab".repeat(32)),
+            image_name: "x:1".into(),
+            packages: vec![WirePackage {
+                name: "sed".into(),
+                version: "4.9-1".into(),
+                r#type: "deb".into(),
+                files: files.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }],
+            symlinks: [("/bin".to_string(), "/usr/bin".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn an_inventory_report_is_checked_field_by_field() {
+        let inv = validate_inventory(&report(&["/bin/sed"])).unwrap();
+        assert_eq!(inv.packages[0].files, vec!["/bin/sed"]);
+        assert_eq!(inv.symlinks["/bin"], "/usr/bin");
+        let e = validate_inventory(&report(&["bin/sed"])).unwrap_err();
+        assert_eq!(e, "packages[0].files[0]: not an absolute path: \"bin/sed\"");
+        let mut r = report(&[]);
+        r.packages[0].name.clear();
+        assert!(
+            validate_inventory(&r)
+                .unwrap_err()
+                .starts_with("packages[0].name: empty")
+        );
+        r.image = "latest".into();
+        assert!(validate_inventory(&r).unwrap_err().starts_with("image: "));
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod export;
 pub mod flight;
 pub mod http;
 pub mod ingest;

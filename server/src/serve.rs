@@ -174,7 +174,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let http = {
         let mut stop = stop_rx.clone();
-        let router = crate::http::router(engine.clone());
+        let router = crate::http::router(engine.clone())
+            .merge(crate::export::router(engine.clone(), auth.clone()));
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };

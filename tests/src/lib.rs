@@ -331,6 +331,31 @@ impl Imprintd {
         scalar_i64(&self.sql(query).await)
     }
 
+    /// `GET path` on the HTTP listener with an optional bearer token: the status
+    /// and the body as JSON (`Null` when it is not JSON).
+    pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("{}{path}", self.http_url()),
+        ]);
+        if let Some(t) = token {
+            curl.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        if let Some(ca) = &self.ca_cert {
+            curl.arg("--cacert").arg(ca);
+        }
+        let out = curl.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub fn healthz(&self) -> serde_json::Value {
         let mut curl = Command::new("curl");
         curl.args(["-sf", &format!("{}/healthz", self.http_url())]);

@@ -567,3 +567,132 @@ async fn a_container_running_before_the_agent_is_marked_started_after_container(
     );
     assert_eq!(status, vec!["partial".to_string()]);
 }
+
+/// The runtime scanner: with `runtime_scanner.eve_enabled` on, the agent reads the
+/// dpkg database of a real podman container (Debian, `tests/containers/`) through
+/// `/proc/<pid>/root` and sends it; a program the container ran makes its package
+/// in use, a package never touched is not.
+///
+/// The advisories are written here for the installed versions of sed and grep (no
+/// Debian advisory data is available offline, and real advisories name versions a
+/// current image has already fixed); everything else is real: the container, its
+/// dpkg database, the kernel's exec events, the server's matching by dpkg order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_its_execs() {
+    let Some(()) = require_ebpf("agent: runtime scanner") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _image = workload_image();
+    let service = PodmanService::start(dir.path());
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let (ok, _, err) = server.cli(&["settings", "set", "runtime_scanner.eve_enabled", "true"]);
+    assert!(ok, "{err}");
+    let token = agent_token_file(&server, dir.path()).await;
+    let socket = service.socket.display().to_string();
+    let mut agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir.path(),
+        "node-s",
+        &["--window", "1s", "--runtime-socket", &socket],
+    );
+    let name = format!("imprint-test-scan-{}", std::process::id());
+    let out = podman()
+        .args(["run", "-d", "--name", &name, "--network", "none"])
+        .arg("localhost/imprint-workload:1")
+        .args(["/bin/sh", "-c", "sed --version > /dev/null; sleep 15"])
+        .output()
+        .expect("podman run");
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    agent.wait_metric("inventories_sent_total", Duration::from_secs(30), |v| {
+        v >= 1.0
+    });
+    let image = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT DISTINCT image FROM windows WHERE container_id = '{id}'"
+            ))
+            .await,
+    );
+    let image = image.first().expect("the container's windows").clone();
+    let packages = |sql: String| {
+        let server = &server;
+        async move { rows_as_text(&server.sql(&sql).await) }
+    };
+    let sed = packages(format!(
+        "SELECT version, files FROM packages WHERE image = '{image}' AND source = 'agent' AND package = 'sed'"
+    ))
+    .await;
+    assert_eq!(sed.len(), 1, "sed not in the agent's inventory: {sed:?}");
+    let sed_version = sed[0].split('|').next().unwrap().to_string();
+    let grep_version = packages(format!(
+        "SELECT version FROM packages WHERE image = '{image}' AND package = 'grep'"
+    ))
+    .await
+    .first()
+    .cloned()
+    .expect("grep in the inventory");
+    let count = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM packages WHERE image = '{image}' AND source = 'agent' AND type = 'deb'"
+        ))
+        .await;
+    assert!(count > 50, "only {count} dpkg packages");
+
+    // Advisories for the installed versions (see the test's comment).
+    let osv = dir.path().join("osv");
+    std::fs::create_dir_all(&osv).unwrap();
+    for (id, package, version) in [
+        ("TEST-SED-1", "sed", &sed_version),
+        ("TEST-GREP-1", "grep", &grep_version),
+    ] {
+        let doc = serde_json::json!({
+            "id": id,
+            "affected": [{"package": {"ecosystem": "Debian:12", "name": package},
+                          "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"last_affected": version}]}]}]
+        });
+        std::fs::write(osv.join(format!("{id}.json")), doc.to_string()).unwrap();
+    }
+    let (ok, _, err) = server.cli(&["import", "osv", osv.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    // The exec of sed reaches the server within a window or two.
+    let query = format!(
+        "SELECT package, in_use, evidence_path FROM runtime_vulnerabilities WHERE image = '{image}' ORDER BY package"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = rows_as_text(&server.sql(&query).await);
+        if rows.iter().any(|r| r.starts_with("sed|true|")) || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    agent.stop();
+    let _ = podman().args(["rm", "-f", &name]).output();
+    println!("runtime_vulnerabilities: {rows:?}");
+    let sed = rows
+        .iter()
+        .find(|r| r.starts_with("sed|"))
+        .expect("sed row");
+    assert!(
+        sed.starts_with("sed|true|/"),
+        "sed not in use: {rows:?}\nagent log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        sed.ends_with("/sed"),
+        "evidence is not sed's executable: {sed}"
+    );
+    let grep = rows
+        .iter()
+        .find(|r| r.starts_with("grep|"))
+        .expect("grep row");
+    assert_eq!(grep, "grep|false|", "grep was never run: {rows:?}");
+}

@@ -294,3 +294,202 @@ async fn bad_imports_are_refused_with_what_was_wrong_and_nothing_changes() {
         0
     );
 }
+
+/// A token with `scopes`, made with the real CLI.
+fn token(server: &Imprintd, name: &str, scope: &str) -> String {
+    let (ok, out, err) = server.cli(&["token", "create", "--name", name, "--scope", scope]);
+    assert!(ok, "token create: {err}");
+    out.trim().to_string()
+}
+
+/// Checks a document against the shape the OpenVEX 0.2.0 specification requires.
+fn assert_openvex(doc: &serde_json::Value) {
+    for key in [
+        "@context",
+        "@id",
+        "author",
+        "timestamp",
+        "version",
+        "statements",
+    ] {
+        assert!(!doc[key].is_null(), "OpenVEX document without {key}: {doc}");
+    }
+    assert_eq!(doc["@context"], "https://openvex.dev/ns/v0.2.0");
+    assert!(doc["version"].as_u64().is_some_and(|v| v >= 1));
+    for s in doc["statements"].as_array().unwrap() {
+        assert!(s["vulnerability"]["name"].is_string(), "{s}");
+        let products = s["products"].as_array().unwrap();
+        assert!(
+            !products.is_empty() && products.iter().all(|p| p["@id"].is_string()),
+            "{s}"
+        );
+        let status = s["status"].as_str().unwrap();
+        assert!(
+            ["not_affected", "affected", "fixed", "under_investigation"].contains(&status),
+            "{s}"
+        );
+        if status == "affected" {
+            assert!(
+                s["action_statement"].is_string(),
+                "affected needs action_statement: {s}"
+            );
+        }
+        if status == "not_affected" {
+            assert!(
+                s["justification"].is_string() || s["impact_statement"].is_string(),
+                "{s}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let d = digest();
+    // An SBOM with file lists (syft JSON shape), the published Grype fixture, and a
+    // container that opened requests' file but never ran curl.
+    let sbom = dir.path().join("sbom.json");
+    std::fs::write(
+        &sbom,
+        serde_json::json!({
+            "schema": {"version": "16.0.18", "url": "https://raw.githubusercontent.com/anchore/syft/main/schema/json/schema-16.0.18.json"},
+            "artifacts": [
+                {"name": "requests", "version": "2.19.0", "type": "python", "purl": "pkg:pypi/requests@2.19.0",
+                 "metadata": {"sitePackagesRootPath": "/usr/lib/python3/dist-packages",
+                              "files": [{"path": "requests/__init__.py"}]}},
+                {"name": "curl", "version": "7.88.1-10+deb12u3", "type": "deb",
+                 "purl": "pkg:deb/debian/curl@7.88.1-10+deb12u3",
+                 "metadata": {"files": [{"path": "/usr/bin/curl"}]}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let grype = imprint_e2e::workspace_root().join("query/tests/fixtures/grype-requests.json");
+    for args in [
+        vec!["import", "sbom", "--image", &d, sbom.to_str().unwrap()],
+        vec!["import", "vulns", "--image", &d, grype.to_str().unwrap()],
+        vec!["settings", "set", "runtime_scanner.eve_enabled", "true"],
+    ] {
+        let (ok, _, err) = server.cli(&args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let t0 = 1_796_000_000_000_000;
+    server
+        .push(FingerprintBatch {
+            agent_id: "export-test".into(),
+            seq: 1,
+            fingerprints: vec![Fingerprint {
+                node: "n1".into(),
+                container_id: "c1".into(),
+                image: d.clone(),
+                image_name: "registry.example/api:2".into(),
+                window_start_unix_micros: t0,
+                window_end_unix_micros: t0 + 30_000_000,
+                items: vec![Item {
+                    kind: ItemKind::FileRead as i32,
+                    key: "/usr/lib/python3/dist-packages/requests/__init__.py".into(),
+                    count: 3,
+                }],
+                completeness: Some(Completeness::default()),
+            }],
+        })
+        .await
+        .unwrap();
+
+    let export = token(&server, "scout", "export");
+    let read = token(&server, "grafana", "read");
+    let list = "/api/v1/runtime-results";
+    // The switch is off by default: 404 saying how to turn it on.
+    let (code, body) = server.http_get(list, Some(&export));
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("eve_connector.enabled"),
+        "{body}"
+    );
+    let (ok, _, err) = server.cli(&["settings", "set", "eve_connector.enabled", "true"]);
+    assert!(ok, "{err}");
+    // Scope: none → 401, read → 403, export → 200.
+    assert_eq!(server.http_get(list, None).0, 401);
+    let (code, body) = server.http_get(list, Some(&read));
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = server.http_get(list, Some(&export));
+    assert_eq!(code, 200, "{body}");
+    let image = &body["images"][0];
+    assert_eq!(image["image_digest"], d.as_str());
+    assert_eq!(image["image_name"], "registry.example/api:2");
+    assert_eq!(image["vulnerabilities"]["total"], 2);
+    assert_eq!(image["vulnerabilities"]["in_use"], 1);
+    assert_eq!(image["vulnerabilities"]["by_severity"]["critical"], 1);
+    assert_eq!(image["vulnerabilities"]["by_severity"]["high"], 1);
+    assert_eq!(image["vulnerabilities"]["in_use_by_severity"]["high"], 1);
+    assert_eq!(
+        image["vulnerabilities"]["in_use_by_severity"]["critical"],
+        0
+    );
+
+    // Paging: one per page, in use first, the cursor leads to the rest.
+    let vulns = format!("/api/v1/runtime-results/{d}/vulnerabilities");
+    let (code, p1) = server.http_get(&format!("{vulns}?limit=1"), Some(&export));
+    assert_eq!(code, 200, "{p1}");
+    assert_eq!(p1["total"], 2);
+    assert_eq!(p1["vulnerabilities"][0]["id"], "CVE-2018-18074");
+    assert_eq!(p1["vulnerabilities"][0]["in_use"], true);
+    assert_eq!(
+        p1["vulnerabilities"][0]["evidence_path"],
+        "/usr/lib/python3/dist-packages/requests/__init__.py"
+    );
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = server.http_get(&format!("{vulns}?limit=1&cursor={cursor}"), Some(&export));
+    assert_eq!(p2["vulnerabilities"][0]["package"], "curl");
+    assert_eq!(p2["vulnerabilities"][0]["in_use"], false);
+    assert!(p2["next_cursor"].is_null(), "{p2}");
+    let (_, used) = server.http_get(&format!("{vulns}?in_use=true"), Some(&export));
+    assert_eq!(used["total"], 1);
+    let (_, unused) = server.http_get(&format!("{vulns}?in_use=false"), Some(&export));
+    assert_eq!(unused["vulnerabilities"][0]["package"], "curl");
+    let (code, body) = server.http_get(&format!("{vulns}?limit=0"), Some(&export));
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let (code, _) = server.http_get(&format!("{vulns}?cursor=x"), Some(&export));
+    assert_eq!(code, 400);
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let (code, body) = server.http_get(
+        &format!("/api/v1/runtime-results/{other}/vulnerabilities"),
+        Some(&export),
+    );
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = server.http_get("/api/v1/runtime-results/nope/openvex", Some(&export));
+    assert_eq!(code, 400);
+
+    // OpenVEX: in use → affected, not observed → under_investigation, never not_affected.
+    let (code, vex) = server.http_get(
+        &format!("/api/v1/runtime-results/{d}/openvex"),
+        Some(&export),
+    );
+    assert_eq!(code, 200, "{vex}");
+    assert_openvex(&vex);
+    let statuses: Vec<(&str, &str)> = vex["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["vulnerability"]["name"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("CVE-2018-18074", "affected"),
+            ("CVE-2023-38545", "under_investigation")
+        ]
+    );
+}

@@ -56,6 +56,11 @@ impl CgroupIndex {
         self.paths.get(&id).cloned()
     }
 
+    /// The directory of a path relative to the mount (`/a/b`).
+    pub fn dir_of(&self, path: &str) -> PathBuf {
+        self.mount.join(path.trim_start_matches('/'))
+    }
+
     /// The id of a path relative to the mount (`/a/b`).
     pub fn id_of(&self, path: &str) -> Option<u64> {
         let full = self.mount.join(path.trim_start_matches('/'));

@@ -83,14 +83,26 @@ struct Resolver {
     sockets: Vec<PathBuf>,
     preexisting: HashSet<u64>,
     cache: Arc<Mutex<HashMap<u64, Attribution>>>,
+    /// Told of every container resolved (for the runtime scanner).
+    resolved: Option<std::sync::mpsc::Sender<Resolved>>,
+}
+
+/// A container just resolved: where its cgroup is, and its image.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The cgroup's directory (under the cgroup v2 mount).
+    pub cgroup_dir: PathBuf,
+    pub container: Arc<Container>,
 }
 
 impl Attributor {
     /// Starts the resolver thread. `preexisting` cgroups get `started_before_agent`.
+    /// `resolved`, when given, hears of every container resolved.
     pub fn start(
         index: CgroupIndex,
         mappings: Vec<StaticMapping>,
         sockets: Vec<PathBuf>,
+        resolved: Option<std::sync::mpsc::Sender<Resolved>>,
     ) -> Attributor {
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let (requests, receiver) = channel();
@@ -100,6 +112,7 @@ impl Attributor {
             mappings,
             sockets,
             cache: cache.clone(),
+            resolved,
         };
         std::thread::Builder::new()
             .name("attribution".into())
@@ -172,6 +185,19 @@ impl Resolver {
     }
 
     /// Resolves `cgroup` into the cache; false when it should be tried again later.
+    fn found(&mut self, cgroup: u64, path: &str, container: Container) {
+        let container = Arc::new(container);
+        self.cache
+            .lock()
+            .insert(cgroup, Attribution::Container(container.clone()));
+        if let Some(tx) = &self.resolved {
+            let _ = tx.send(Resolved {
+                cgroup_dir: self.index.dir_of(path),
+                container,
+            });
+        }
+    }
+
     fn try_resolve(&mut self, cgroup: u64) -> bool {
         let Some(path) = self.index.path(cgroup) else {
             // Gone already, or created between the scan and now: try again (a vanished cgroup
@@ -192,9 +218,7 @@ impl Resolver {
                 source: "static",
             };
             tracing::info!(cgroup, path, image = %container.image, "cgroup mapped statically");
-            self.cache
-                .lock()
-                .insert(cgroup, Attribution::Container(Arc::new(container)));
+            self.found(cgroup, &path, container);
             return true;
         }
         let Some((runtime, id)) = container_id::parse(&path) else {
@@ -215,9 +239,7 @@ impl Resolver {
                         source: runtime.name(),
                     };
                     tracing::info!(cgroup, path, container = %id, image = %container.image, name = %container.image_name, "container resolved");
-                    self.cache
-                        .lock()
-                        .insert(cgroup, Attribution::Container(Arc::new(container)));
+                    self.found(cgroup, &path, container);
                     return true;
                 }
                 Err(error) => tracing::debug!(%error, "runtime API lookup failed"),

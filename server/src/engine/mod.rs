@@ -493,6 +493,11 @@ impl Engine {
         Ok(ProfileReset { reset_at })
     }
 
+    /// The In Use data of the images `filter` allows, with their live profiles.
+    pub fn inuse_snapshot(&self, filter: &PartitionFilter) -> Snapshot {
+        LiveView(self.shared.live.clone()).snapshot(filter)
+    }
+
     /// Stores an In Use part of `image` (an inventory or a scanner report),
     /// replacing the part in the same slot.
     pub async fn import_part(&self, image: &str, part: Part) -> Result<(), EngineError> {

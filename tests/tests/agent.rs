@@ -696,3 +696,112 @@ async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_i
         .expect("grep row");
     assert_eq!(grep, "grep|false|", "grep was never run: {rows:?}");
 }
+
+/// In Use end to end with the real agent: a podman container of an image holding
+/// known-vulnerable PyPI releases under /opt/venv (`tests/containers/build-python-image.sh`:
+/// requests 2.19.0 with urllib3 1.23, jinja2 2.10) imports requests; the runtime scanner
+/// inventories the image (RECORD file lists), safety-db's real advisories come in as OSV,
+/// and `in_use` is true exactly for what Python imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
+    let Some(()) = require_ebpf("agent: In Use in a Python container") else {
+        return;
+    };
+    let Some(python) = imprint_e2e::test_python() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let built = Command::new(workspace_root().join("tests/containers/build-python-image.sh"))
+        .arg(&python)
+        .output()
+        .expect("build-python-image.sh");
+    assert!(
+        built.status.success(),
+        "building the Python test image: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = PodmanService::start(dir.path());
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let (ok, _, err) = server.cli(&["settings", "set", "runtime_scanner.eve_enabled", "true"]);
+    assert!(ok, "{err}");
+    let token = agent_token_file(&server, dir.path()).await;
+    let socket = service.socket.display().to_string();
+    let mut agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir.path(),
+        "node-py",
+        &["--window", "1s", "--runtime-socket", &socket],
+    );
+    let name = format!("imprint-test-py-{}", std::process::id());
+    let out = podman()
+        .args(["run", "-d", "--name", &name, "--network", "none"])
+        .arg("localhost/imprint-python:1")
+        .args([
+            "/bin/sh",
+            "-c",
+            "PYTHONPATH=$(echo /opt/venv/lib/python3*/site-packages) python3 -c 'import requests'; sleep 15",
+        ])
+        .output()
+        .expect("podman run");
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    agent.wait_metric("inventories_sent_total", Duration::from_secs(30), |v| {
+        v >= 1.0
+    });
+    let image = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT DISTINCT image FROM windows WHERE container_id = '{id}'"
+            ))
+            .await,
+    )
+    .first()
+    .expect("the container's windows")
+    .clone();
+    let osv_dir = dir.path().join("osv");
+    let n = imprint_e2e::osv::write_osv(
+        &imprint_e2e::osv::safety_db_file(&python),
+        &["requests", "urllib3", "jinja2"],
+        &osv_dir,
+    );
+    assert!(n > 10, "only {n} advisories");
+    let (ok, _, err) = server.cli(&["import", "osv", osv_dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let query = format!(
+        "SELECT lower(package) AS p, bool_or(in_use), min(evidence_path) FROM runtime_vulnerabilities \
+         WHERE image = '{image}' GROUP BY p ORDER BY p"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = rows_as_text(&server.sql(&query).await);
+        let used = |p: &str| rows.iter().any(|r| r.starts_with(&format!("{p}|true|")));
+        if (used("requests") && used("urllib3")) || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    agent.stop();
+    let _ = podman().args(["rm", "-f", &name]).output();
+    println!("runtime_vulnerabilities by package: {rows:?}");
+    let of = |p: &str| {
+        rows.iter()
+            .find(|r| r.starts_with(&format!("{p}|")))
+            .unwrap_or_else(|| panic!("no {p} row: {rows:?}"))
+            .clone()
+    };
+    let requests = of("requests");
+    assert!(
+        requests.starts_with("requests|true|/opt/venv/lib/python3"),
+        "requests not in use, or evidence outside it: {requests}\nagent log:\n{}",
+        agent.log_text()
+    );
+    assert!(requests.contains("/site-packages/requests/"), "{requests}");
+    assert!(of("urllib3").starts_with("urllib3|true|"), "{rows:?}");
+    assert_eq!(of("jinja2"), "jinja2|false|", "jinja2 was never imported");
+}

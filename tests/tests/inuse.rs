@@ -285,6 +285,21 @@ async fn bad_imports_are_refused_with_what_was_wrong_and_nothing_changes() {
     let (ok, _, err) = server.cli(&["import", "osv", osv_dir.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("b.json: advisory.id: missing"), "{err}");
+    // The same as a ZIP archive (osv.dev's format): the member is named.
+    let zip = dir.path().join("osv.zip");
+    let zipped = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .arg(&osv_dir)
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    let (ok, _, err) = server.cli(&["import", "osv", zip.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("osv.zip:osv/b.json: advisory.id: missing"),
+        "{err}"
+    );
     // Nothing was stored by the refused imports.
     assert_eq!(server.scalar_i64("SELECT count(*) FROM packages").await, 0);
     assert_eq!(
@@ -300,6 +315,36 @@ fn token(server: &Imprintd, name: &str, scope: &str) -> String {
     let (ok, out, err) = server.cli(&["token", "create", "--name", name, "--scope", scope]);
     assert!(ok, "token create: {err}");
     out.trim().to_string()
+}
+
+/// Validates `doc` against `#/$defs/{def}` of docs/export-api.schema.json with
+/// Python's jsonschema (the test venv has it).
+fn assert_schema(python: &Path, def: &str, doc: &serde_json::Value) {
+    let schema = imprint_e2e::workspace_root().join("docs/export-api.schema.json");
+    let script = format!(
+        "import json, sys, jsonschema\n\
+         schema = json.load(open({schema:?}))\n\
+         jsonschema.validate(json.load(sys.stdin), {{'$defs': schema['$defs'], '$ref': '#/$defs/{def}'}})"
+    );
+    let mut child = Command::new(python)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{def} does not match docs/export-api.schema.json: {}\n{doc}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Checks a document against the shape the OpenVEX 0.2.0 specification requires.
@@ -345,6 +390,7 @@ fn assert_openvex(doc: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
+    let Some(python) = test_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Imprintd::start(&dir.path().join("data"), &[]);
     let d = digest();
@@ -420,6 +466,7 @@ async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
     assert_eq!(code, 403, "{body}");
     let (code, body) = server.http_get(list, Some(&export));
     assert_eq!(code, 200, "{body}");
+    assert_schema(&python, "runtime_results", &body);
     let image = &body["images"][0];
     assert_eq!(image["image_digest"], d.as_str());
     assert_eq!(image["image_name"], "registry.example/api:2");
@@ -437,6 +484,7 @@ async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
     let vulns = format!("/api/v1/runtime-results/{d}/vulnerabilities");
     let (code, p1) = server.http_get(&format!("{vulns}?limit=1"), Some(&export));
     assert_eq!(code, 200, "{p1}");
+    assert_schema(&python, "vulnerability_page", &p1);
     assert_eq!(p1["total"], 2);
     assert_eq!(p1["vulnerabilities"][0]["id"], "CVE-2018-18074");
     assert_eq!(p1["vulnerabilities"][0]["in_use"], true);
@@ -446,6 +494,7 @@ async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
     );
     let cursor = p1["next_cursor"].as_str().unwrap();
     let (_, p2) = server.http_get(&format!("{vulns}?limit=1&cursor={cursor}"), Some(&export));
+    assert_schema(&python, "vulnerability_page", &p2);
     assert_eq!(p2["vulnerabilities"][0]["package"], "curl");
     assert_eq!(p2["vulnerabilities"][0]["in_use"], false);
     assert!(p2["next_cursor"].is_null(), "{p2}");
@@ -456,6 +505,7 @@ async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
     let (code, body) = server.http_get(&format!("{vulns}?limit=0"), Some(&export));
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    assert_schema(&python, "error", &body);
     let (code, _) = server.http_get(&format!("{vulns}?cursor=x"), Some(&export));
     assert_eq!(code, 400);
     let other = format!("sha256:{}", "ab".repeat(32));
@@ -474,6 +524,7 @@ async fn the_export_api_checks_scope_and_switch_pages_and_writes_openvex() {
     );
     assert_eq!(code, 200, "{vex}");
     assert_openvex(&vex);
+    assert_schema(&python, "openvex", &vex);
     let statuses: Vec<(&str, &str)> = vex["statements"]
         .as_array()
         .unwrap()

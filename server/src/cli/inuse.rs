@@ -36,8 +36,9 @@ pub enum ImportCommand {
         image: String,
         file: PathBuf,
     },
-    /// OSV advisories: a JSON file, or a directory of them (searched recursively).
-    /// Imprint matches them against every image's packages (PyPI, Debian).
+    /// OSV advisories: a JSON file, a directory of them (searched recursively), or
+    /// a ZIP archive of them (osv.dev's `all.zip` of an ecosystem). Imprint matches
+    /// them against every image's packages (PyPI, Debian).
     Osv { path: PathBuf },
 }
 
@@ -109,24 +110,35 @@ pub async fn import(
             report(&r, "vulns");
         }
         ImportCommand::Osv { path } => {
-            let mut files = Vec::new();
-            osv_files(&path, &mut files)?;
-            if files.is_empty() {
+            let documents = if path.extension().is_some_and(|x| x == "zip") {
+                super::zip::members(&read(&path)?, ".json")
+                    .map_err(|e| CliError::Server(format!("{}: {e}", path.display())))?
+                    .into_iter()
+                    .map(|(name, json)| OsvDocument {
+                        name: format!("{}:{name}", path.display()),
+                        json,
+                    })
+                    .collect()
+            } else {
+                let mut files = Vec::new();
+                osv_files(&path, &mut files)?;
+                files
+                    .iter()
+                    .map(|f| {
+                        Ok(OsvDocument {
+                            name: f.display().to_string(),
+                            json: read(f)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, CliError>>()?
+            };
+            if documents.is_empty() {
                 return Err(CliError::Server(format!(
-                    "no .json files under {}",
+                    "no .json OSV documents in {}",
                     path.display()
                 )));
             }
-            eprintln!("sending {} OSV documents ...", files.len());
-            let documents = files
-                .iter()
-                .map(|f| {
-                    Ok(OsvDocument {
-                        name: f.display().to_string(),
-                        json: read(f)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, CliError>>()?;
+            eprintln!("sending {} OSV documents ...", documents.len());
             let r = client
                 .import_advisories(ImportAdvisoriesRequest { documents })
                 .await

@@ -6,6 +6,7 @@
 pub mod inuse;
 pub mod output;
 pub mod profile;
+mod zip;
 
 use std::path::PathBuf;
 

@@ -19,10 +19,13 @@ Peers:
   loaded with COPY from the same files (streamed through DuckDB, no CSV on disk).
   `--no-postgres` skips it (disk: about 360 bytes per row).
 """
-import argparse, glob, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, sys, tempfile, time
 
 import duckdb
 import pyarrow as pa
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import postgres_cluster  # noqa: E402  (the shared PostgreSQL set-up)
 
 
 def pa_buffer():
@@ -88,74 +91,59 @@ def duckdb_peers(root, images, runs):
     return out
 
 
-def pg_bin(name):
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
-
-
 def postgres(root, images, runs):
-    initdb, pg_ctl, psql = pg_bin("initdb"), pg_bin("pg_ctl"), pg_bin("psql")
-    if not (initdb and pg_ctl and psql):
-        return {"peer": "PostgreSQL", "skipped": "initdb/pg_ctl not found (apt-get install postgresql)"}
     work = tempfile.mkdtemp(prefix="imprint-pg-", dir=os.path.dirname(os.path.abspath(root)))
-    data = os.path.join(work, "pg")
-    user = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        subprocess.run(["useradd", "-M", "imprintbench"], stderr=subprocess.DEVNULL)
-        os.makedirs(data)
-        shutil.chown(work, "imprintbench")
-        shutil.chown(data, "imprintbench")
-        user = ["runuser", "-u", "imprintbench", "--"]
-    port = "54330"
-    subprocess.run(user + [initdb, "-D", data, "-A", "trust", "-U", "bench"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(user + [pg_ctl, "-D", data, "-l", os.path.join(work, "pg.log"), "-o",
-                           f"-p {port} -k {work} -c listen_addresses=127.0.0.1", "-w", "start"],
-                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        with postgres_cluster(work, "54330") as psql:
+            if psql is None:
+                return {"peer": "PostgreSQL", "skipped": "initdb/pg_ctl not found (apt-get install postgresql)"}
+            return postgres_queries(root, images, runs, "54330")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def postgres_queries(root, images, runs, port):
     import psycopg
     import pyarrow.csv as pacsv
-    try:
-        conn = psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="postgres", autocommit=True)
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE fingerprints (time timestamptz, window_end timestamptz, node text, "
-                    "container_id text, image text, image_name text, kind text, key text, count bigint)")
-        cur.execute("CREATE TABLE windows (time timestamptz, window_end timestamptz, node text, "
-                    "container_id text, image text, image_name text, dropped_events bigint)")
-        con = duckdb.connect()
-        t0 = time.perf_counter()
-        rows = 0
-        for table, cols in [("fingerprints", "node, container_id, image, image_name, kind, key, count"),
-                            ("windows", "node, container_id, image, image_name, dropped_events")]:
-            query = (f"SELECT time, time + to_microseconds(window_micros) AS window_end, {cols} "
-                     f"FROM read_parquet('{root}/{table}/*/*/*/*.parquet', hive_partitioning=false)")
-            reader = con.execute(query).to_arrow_reader(1 << 18)
-            with cur.copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy:
-                for batch in reader:
-                    sink = pa_buffer()
-                    pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
-                    copy.write(sink.getvalue().to_pybytes())
-                    rows += batch.num_rows
-        cur.execute("CREATE INDEX ON fingerprints (image, kind, key)")
-        cur.execute("CREATE INDEX ON windows (image)")
-        cur.execute("ANALYZE")
-        print(f"  PostgreSQL: {rows} rows loaded and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        cur.execute("SHOW server_version")
-        version = cur.fetchone()[0]
-        pg_status = status_sql("windows").replace("to_microseconds(window_micros)", "(window_end - time)") \
-            .replace("arg_max(image_name, time)", "max(image_name)").replace("$1", "%s")
-        pg_profiles = profiles_sql("fingerprints").replace("time + to_microseconds(window_micros)", "window_end") \
-            .replace("$1", "%s")
+    conn = psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="postgres", autocommit=True)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE fingerprints (time timestamptz, window_end timestamptz, node text, "
+                "container_id text, image text, image_name text, kind text, key text, count bigint)")
+    cur.execute("CREATE TABLE windows (time timestamptz, window_end timestamptz, node text, "
+                "container_id text, image text, image_name text, dropped_events bigint)")
+    con = duckdb.connect()
+    t0 = time.perf_counter()
+    rows = 0
+    for table, cols in [("fingerprints", "node, container_id, image, image_name, kind, key, count"),
+                        ("windows", "node, container_id, image, image_name, dropped_events")]:
+        query = (f"SELECT time, time + to_microseconds(window_micros) AS window_end, {cols} "
+                 f"FROM read_parquet('{root}/{table}/*/*/*/*.parquet', hive_partitioning=false)")
+        reader = con.execute(query).to_arrow_reader(1 << 18)
+        with cur.copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy:
+            for batch in reader:
+                sink = pa_buffer()
+                pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
+                copy.write(sink.getvalue().to_pybytes())
+                rows += batch.num_rows
+    cur.execute("CREATE INDEX ON fingerprints (image, kind, key)")
+    cur.execute("CREATE INDEX ON windows (image)")
+    cur.execute("ANALYZE")
+    print(f"  PostgreSQL: {rows} rows loaded and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    cur.execute("SHOW server_version")
+    version = cur.fetchone()[0]
+    pg_status = status_sql("windows").replace("to_microseconds(window_micros)", "(window_end - time)") \
+        .replace("arg_max(image_name, time)", "max(image_name)").replace("$1", "%s")
+    pg_profiles = profiles_sql("fingerprints").replace("time + to_microseconds(window_micros)", "window_end") \
+        .replace("$1", "%s")
 
-        def run(q):
-            return lambda i: (cur.execute(q, [i]), cur.fetchall())[1]
+    def run(q):
+        return lambda i: (cur.execute(q, [i]), cur.fetchall())[1]
 
-        status_ms, _ = timed(run(pg_status), images, runs)
-        profiles_ms, prow = timed(run(pg_profiles), images, runs)
-        conn.close()
-        return {"peer": f"PostgreSQL {version}, btree (image, kind, key)", "status_ms": status_ms,
-                "profiles_ms": profiles_ms, "profile_rows": prow}
-    finally:
-        subprocess.run(user + [pg_ctl, "-D", data, "-m", "fast", "stop"], stdout=subprocess.DEVNULL)
-        shutil.rmtree(work, ignore_errors=True)
+    status_ms, _ = timed(run(pg_status), images, runs)
+    profiles_ms, prow = timed(run(pg_profiles), images, runs)
+    conn.close()
+    return {"peer": f"PostgreSQL {version}, btree (image, kind, key)", "status_ms": status_ms,
+            "profiles_ms": profiles_ms, "profile_rows": prow}
 
 
 def main():

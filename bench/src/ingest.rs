@@ -85,6 +85,18 @@ fn ceiling(encoded: &[Vec<u8>]) -> (f64, u64) {
     (n as f64 / secs, n)
 }
 
+/// `given`, else the directory of this benchmark's own binary (where cargo puts
+/// `imprintd` too).
+pub(crate) fn bin_dir_or_own(given: Option<&Path>) -> PathBuf {
+    given.map(Path::to_path_buf).unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("exe")
+            .parent()
+            .expect("dir")
+            .to_path_buf()
+    })
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -242,13 +254,7 @@ pub(crate) fn dir_bytes(dir: &Path, ext: &str) -> u64 {
 }
 
 pub async fn run(args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .parent()
-            .expect("dir")
-            .to_path_buf()
-    });
+    let bin_dir = bin_dir_or_own(args.bin_dir.as_deref());
     let tmp = tempfile::tempdir()?;
     let work = args
         .work_dir

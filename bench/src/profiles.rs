@@ -19,7 +19,7 @@ use imprint_bench::{Fleet, FleetSpec};
 use imprint_proto::client::authed;
 use imprint_proto::ingest_v1::ingest_client::IngestClient;
 
-use crate::ingest::{Server, dir_bytes};
+use crate::ingest::{Server, bin_dir_or_own, dir_bytes};
 
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
@@ -160,13 +160,7 @@ struct SizeResult {
 }
 
 pub async fn run(args: ProfilesArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .parent()
-            .expect("dir")
-            .to_path_buf()
-    });
+    let bin_dir = bin_dir_or_own(args.bin_dir.as_deref());
     let tmp = tempfile::tempdir()?;
     let work = args
         .work_dir

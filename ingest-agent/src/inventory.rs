@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use imprint_proto::ingest_v1::{InventoryReport, Package};
 
+use crate::paths;
+
 pub const MAX_PACKAGES: usize = 20_000;
 pub const MAX_FILES: usize = 1_000_000;
 
@@ -213,7 +215,7 @@ fn python(root: &Path, s: &mut Scan) {
                 .lines()
                 .filter_map(|l| l.split(',').next())
                 .filter(|p| !p.is_empty())
-                .map(|p| normalise(&inside, p))
+                .map(|p| paths::absolute(&inside, p))
                 .collect();
             s.push(Package {
                 purl: format!("pkg:pypi/{}@{version}", name.to_ascii_lowercase()),
@@ -225,26 +227,6 @@ fn python(root: &Path, s: &mut Scan) {
             });
         }
     }
-}
-
-/// `base/rel` with `.` and `..` resolved lexically.
-fn normalise(base: &str, rel: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    let joined = if rel.starts_with('/') {
-        rel.to_string()
-    } else {
-        format!("{base}/{rel}")
-    };
-    for p in joined.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]

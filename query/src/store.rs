@@ -156,9 +156,9 @@ impl InUseSource for CommittedProfiles {
     }
 }
 
-/// The committed files alone, as a [`ViewSource`].
+/// The files of a catalog state alone (no write buffer), as a [`ViewSource`].
 #[derive(Debug)]
-struct CommittedFiles(Arc<CatalogState>);
+pub(crate) struct CommittedFiles(pub(crate) Arc<CatalogState>);
 
 impl ViewSource for CommittedFiles {
     fn view(

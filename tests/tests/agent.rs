@@ -568,6 +568,95 @@ async fn a_container_running_before_the_agent_is_marked_started_after_container(
     assert_eq!(status, vec!["partial".to_string()]);
 }
 
+/// For the runtime scanner tests: a server with `runtime_scanner.eve_enabled` on,
+/// podman's API, an agent asking it, and one detached container of `image` running
+/// `script` — started, inventoried (the agent sent its image's inventory) and
+/// attributed (`digest` is the image the agent gave its windows).
+struct ScannerRun {
+    _service: PodmanService,
+    server: Imprintd,
+    agent: Agent,
+    container: String,
+    digest: String,
+}
+
+impl ScannerRun {
+    async fn start(dir: &Path, node: &str, image: &str, script: &str) -> ScannerRun {
+        let service = PodmanService::start(dir);
+        let server = Imprintd::start(&dir.join("data"), &[]);
+        let (ok, _, err) = server.cli(&["settings", "set", "runtime_scanner.eve_enabled", "true"]);
+        assert!(ok, "{err}");
+        let token = agent_token_file(&server, dir).await;
+        let socket = service.socket.display().to_string();
+        let agent = Agent::start(
+            &server.grpc_url(),
+            &token,
+            dir,
+            node,
+            &["--window", "1s", "--runtime-socket", &socket],
+        );
+        let container = format!("imprint-test-{node}-{}", std::process::id());
+        let out = podman()
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &container,
+                "--network",
+                "none",
+                image,
+            ])
+            .args(["/bin/sh", "-c", script])
+            .output()
+            .expect("podman run");
+        assert!(
+            out.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        agent.wait_metric("inventories_sent_total", Duration::from_secs(30), |v| {
+            v >= 1.0
+        });
+        let digest = rows_as_text(
+            &server
+                .sql(&format!(
+                    "SELECT DISTINCT image FROM windows WHERE container_id = '{id}'"
+                ))
+                .await,
+        )
+        .first()
+        .expect("the container's windows")
+        .clone();
+        ScannerRun {
+            _service: service,
+            server,
+            agent,
+            container,
+            digest,
+        }
+    }
+
+    /// `query`'s rows as text, polled until `done` holds or 20 s have passed (an
+    /// exec or open reaches the server within a window or two).
+    async fn poll(&self, query: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = rows_as_text(&self.server.sql(query).await);
+            if done(&rows) || std::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops the agent and removes the container.
+    fn stop(&mut self) {
+        self.agent.stop();
+        let _ = podman().args(["rm", "-f", &self.container]).output();
+    }
+}
+
 /// The runtime scanner: with `runtime_scanner.eve_enabled` on, the agent reads the
 /// dpkg database of a real podman container (Debian, `tests/containers/`) through
 /// `/proc/<pid>/root` and sends it; a program the container ran makes its package
@@ -585,47 +674,15 @@ async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_i
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let _image = workload_image();
-    let service = PodmanService::start(dir.path());
-    let server = Imprintd::start(&dir.path().join("data"), &[]);
-    let (ok, _, err) = server.cli(&["settings", "set", "runtime_scanner.eve_enabled", "true"]);
-    assert!(ok, "{err}");
-    let token = agent_token_file(&server, dir.path()).await;
-    let socket = service.socket.display().to_string();
-    let mut agent = Agent::start(
-        &server.grpc_url(),
-        &token,
+    let mut run = ScannerRun::start(
         dir.path(),
         "node-s",
-        &["--window", "1s", "--runtime-socket", &socket],
-    );
-    let name = format!("imprint-test-scan-{}", std::process::id());
-    let out = podman()
-        .args(["run", "-d", "--name", &name, "--network", "none"])
-        .arg("localhost/imprint-workload:1")
-        .args(["/bin/sh", "-c", "sed --version > /dev/null; sleep 15"])
-        .output()
-        .expect("podman run");
-    assert!(
-        out.status.success(),
-        "podman run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    agent.wait_metric("inventories_sent_total", Duration::from_secs(30), |v| {
-        v >= 1.0
-    });
-    let image = rows_as_text(
-        &server
-            .sql(&format!(
-                "SELECT DISTINCT image FROM windows WHERE container_id = '{id}'"
-            ))
-            .await,
-    );
-    let image = image.first().expect("the container's windows").clone();
-    let packages = |sql: String| {
-        let server = &server;
-        async move { rows_as_text(&server.sql(&sql).await) }
-    };
+        "localhost/imprint-workload:1",
+        "sed --version > /dev/null; sleep 15",
+    )
+    .await;
+    let (server, image) = (&run.server, run.digest.clone());
+    let packages = |sql: String| async move { rows_as_text(&server.sql(&sql).await) };
     let sed = packages(format!(
         "SELECT version, files FROM packages WHERE image = '{image}' AND source = 'agent' AND package = 'sed'"
     ))
@@ -662,20 +719,15 @@ async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_i
     }
     let (ok, _, err) = server.cli(&["import", "osv", osv.to_str().unwrap()]);
     assert!(ok, "{err}");
-    // The exec of sed reaches the server within a window or two.
     let query = format!(
         "SELECT package, in_use, evidence_path FROM runtime_vulnerabilities WHERE image = '{image}' ORDER BY package"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let rows = loop {
-        let rows = rows_as_text(&server.sql(&query).await);
-        if rows.iter().any(|r| r.starts_with("sed|true|")) || std::time::Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    agent.stop();
-    let _ = podman().args(["rm", "-f", &name]).output();
+    let rows = run
+        .poll(&query, |rows| {
+            rows.iter().any(|r| r.starts_with("sed|true|"))
+        })
+        .await;
+    run.stop();
     println!("runtime_vulnerabilities: {rows:?}");
     let sed = rows
         .iter()
@@ -684,7 +736,7 @@ async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_i
     assert!(
         sed.starts_with("sed|true|/"),
         "sed not in use: {rows:?}\nagent log:\n{}",
-        agent.log_text()
+        run.agent.log_text()
     );
     assert!(
         sed.ends_with("/sed"),
@@ -721,49 +773,14 @@ async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
         String::from_utf8_lossy(&built.stderr)
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = PodmanService::start(dir.path());
-    let server = Imprintd::start(&dir.path().join("data"), &[]);
-    let (ok, _, err) = server.cli(&["settings", "set", "runtime_scanner.eve_enabled", "true"]);
-    assert!(ok, "{err}");
-    let token = agent_token_file(&server, dir.path()).await;
-    let socket = service.socket.display().to_string();
-    let mut agent = Agent::start(
-        &server.grpc_url(),
-        &token,
+    let mut run = ScannerRun::start(
         dir.path(),
         "node-py",
-        &["--window", "1s", "--runtime-socket", &socket],
-    );
-    let name = format!("imprint-test-py-{}", std::process::id());
-    let out = podman()
-        .args(["run", "-d", "--name", &name, "--network", "none"])
-        .arg("localhost/imprint-python:1")
-        .args([
-            "/bin/sh",
-            "-c",
-            "PYTHONPATH=$(echo /opt/venv/lib/python3*/site-packages) python3 -c 'import requests'; sleep 15",
-        ])
-        .output()
-        .expect("podman run");
-    assert!(
-        out.status.success(),
-        "podman run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    agent.wait_metric("inventories_sent_total", Duration::from_secs(30), |v| {
-        v >= 1.0
-    });
-    let image = rows_as_text(
-        &server
-            .sql(&format!(
-                "SELECT DISTINCT image FROM windows WHERE container_id = '{id}'"
-            ))
-            .await,
+        "localhost/imprint-python:1",
+        "PYTHONPATH=$(echo /opt/venv/lib/python3*/site-packages) python3 -c 'import requests'; sleep 15",
     )
-    .first()
-    .expect("the container's windows")
-    .clone();
+    .await;
+    let (server, image) = (&run.server, run.digest.clone());
     let osv_dir = dir.path().join("osv");
     let n = imprint_e2e::osv::write_osv(
         &imprint_e2e::osv::safety_db_file(&python),
@@ -777,17 +794,13 @@ async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
         "SELECT lower(package) AS p, bool_or(in_use), min(evidence_path) FROM runtime_vulnerabilities \
          WHERE image = '{image}' GROUP BY p ORDER BY p"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let rows = loop {
-        let rows = rows_as_text(&server.sql(&query).await);
-        let used = |p: &str| rows.iter().any(|r| r.starts_with(&format!("{p}|true|")));
-        if (used("requests") && used("urllib3")) || std::time::Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    agent.stop();
-    let _ = podman().args(["rm", "-f", &name]).output();
+    let used = |rows: &[String], p: &str| rows.iter().any(|r| r.starts_with(&format!("{p}|true|")));
+    let rows = run
+        .poll(&query, |rows| {
+            used(rows, "requests") && used(rows, "urllib3")
+        })
+        .await;
+    run.stop();
     println!("runtime_vulnerabilities by package: {rows:?}");
     let of = |p: &str| {
         rows.iter()
@@ -799,7 +812,7 @@ async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
     assert!(
         requests.starts_with("requests|true|/opt/venv/lib/python3"),
         "requests not in use, or evidence outside it: {requests}\nagent log:\n{}",
-        agent.log_text()
+        run.agent.log_text()
     );
     assert!(requests.contains("/site-packages/requests/"), "{requests}");
     assert!(of("urllib3").starts_with("urllib3|true|"), "{rows:?}");

@@ -194,19 +194,7 @@ async fn the_cli_prints_tables_csv_and_json() {
     for b in fleet.batches(0) {
         server.push(b).await.unwrap();
     }
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(imprint_e2e::bin("imprint"))
-            .args(["--server", &format!("http://{}", server.grpc_addr)])
-            .env("IMPRINT_TOKEN", &server.token)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| server.cli(args);
     let (ok, out, err) = run(&[
         "sql",
         "SELECT kind, count(*) AS n FROM fingerprints WHERE kind = 'syscall' GROUP BY kind",

@@ -201,9 +201,8 @@ impl InUseState {
             }
         }
         if !self.advisories.is_empty() {
-            let advisories: Vec<Advisory> = self.advisories.values().cloned().collect();
             for (_, _, inv) in img.inventories() {
-                for v in match_advisories(&inv.packages, &advisories) {
+                for v in match_advisories(&inv.packages, self.advisories.values()) {
                     push("osv", v);
                 }
             }

@@ -382,7 +382,10 @@ fn family(ecosystem: &str) -> &str {
 }
 
 /// The vulnerabilities `advisories` give `packages`.
-pub fn match_advisories(packages: &[Package], advisories: &[Advisory]) -> Vec<Vulnerability> {
+pub fn match_advisories<'a>(
+    packages: &[Package],
+    advisories: impl IntoIterator<Item = &'a Advisory>,
+) -> Vec<Vulnerability> {
     let mut index: HashMap<String, Vec<(&Advisory, &Affected)>> = HashMap::new();
     for adv in advisories {
         for a in &adv.affected {

@@ -7,7 +7,7 @@
 //! summaries existed, or whose summary is unreadable) are aggregated from their
 //! rows. Rows still in the WAL are added by the server as it replays them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -21,10 +21,7 @@ use tracing::warn;
 use super::{ImageProfile, WindowFacts, summary};
 use crate::Result;
 use crate::catalog::{CatalogState, FileEntry, SummaryEntry};
-use crate::prune::PartitionFilter;
-use crate::schema::StoredTable;
-use crate::store::{default_session_config, new_session};
-use crate::table::{TableView, ViewSource, prune_files};
+use crate::store::{CommittedFiles, default_session_config, new_session};
 
 /// What [`from_store`] read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,9 +101,14 @@ pub async fn from_store(
             .map(|i| (*i, state.profile_reset(i)))
             .filter(|(_, at)| *at != i64::MIN)
             .collect();
+        // A view of just those files.
+        let files_only = CatalogState {
+            files: raw.iter().map(|f| (f.path.clone(), f.clone())).collect(),
+            ..Default::default()
+        };
         let session = new_session(
             store,
-            Arc::new(FilesOnly(raw.clone())),
+            Arc::new(CommittedFiles(Arc::new(files_only))),
             default_session_config(),
             RuntimeEnvBuilder::new(),
         )?;
@@ -133,27 +135,6 @@ pub async fn from_store(
         }
     }
     Ok((profiles, stats))
-}
-
-/// A view of some files only (no write buffer).
-#[derive(Debug)]
-struct FilesOnly(Vec<FileEntry>);
-
-impl ViewSource for FilesOnly {
-    fn view(
-        &self,
-        table: StoredTable,
-        filter: &PartitionFilter,
-    ) -> datafusion::error::Result<TableView> {
-        Ok(TableView {
-            batches: Vec::new(),
-            files: prune_files(self.0.iter().filter(|f| f.table == table), filter),
-        })
-    }
-
-    fn settings(&self) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
 }
 
 /// Every image's profile from the rows of the `windows` and `fingerprints` tables

@@ -85,10 +85,12 @@ fn get(socket: &Path, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
+    // One write of the whole request: `write!` on an unbuffered stream issues a write per
+    // format piece, and a server that answers after the first read would see a torn request.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: imprint-agent\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     parse_response(&response).ok_or_else(|| {
@@ -166,9 +168,15 @@ mod tests {
         );
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
-            let mut request = [0u8; 1024];
-            let n = conn.read(&mut request).expect("read");
-            let request = String::from_utf8_lossy(&request[..n]).to_string();
+            // Read the whole request head, as a real HTTP server does.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut chunk).expect("read");
+                assert!(n > 0, "client closed before the request ended");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).to_string();
             write!(
                 conn,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",

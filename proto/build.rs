@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/imprint/ingest/v1/ingest.proto",
         "proto/imprint/admin/v1/admin.proto",
+        "proto/imprint/alerts/v1/alerts.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -17,7 +17,15 @@ pub mod admin {
     }
 }
 
+pub mod alerts {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("imprint.alerts.v1");
+    }
+}
+
 pub use admin::v1 as admin_v1;
+pub use alerts::v1 as alerts_v1;
 pub use ingest::v1 as ingest_v1;
 
 impl ingest::v1::ItemKind {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod file_scan;
 pub mod inuse;
 pub mod layout;
+pub mod policy;
 pub mod profile;
 pub mod prune;
 pub mod schema;

@@ -25,16 +25,27 @@ pub enum StoredTable {
     Fingerprints,
     /// One row per fingerprint (container × window), with its completeness facts.
     Windows,
+    /// One row per anomaly a policy found (stored with the fingerprint's partition).
+    Anomalies,
 }
 
 impl StoredTable {
-    pub const ALL: [StoredTable; 2] = [StoredTable::Fingerprints, StoredTable::Windows];
+    pub const ALL: [StoredTable; 3] = [
+        StoredTable::Fingerprints,
+        StoredTable::Windows,
+        StoredTable::Anomalies,
+    ];
+
+    /// The tables profiles are computed from (summaries cover their files; raw
+    /// retention removes them).
+    pub const PROFILE_INPUTS: [StoredTable; 2] = [StoredTable::Fingerprints, StoredTable::Windows];
 
     /// The SQL table name, which is also the top folder of its files.
     pub fn name(self) -> &'static str {
         match self {
             StoredTable::Fingerprints => "fingerprints",
             StoredTable::Windows => "windows",
+            StoredTable::Anomalies => "anomalies",
         }
     }
 
@@ -46,6 +57,7 @@ impl StoredTable {
         match self {
             StoredTable::Fingerprints => FINGERPRINTS_SCHEMA.clone(),
             StoredTable::Windows => WINDOWS_SCHEMA.clone(),
+            StoredTable::Anomalies => ANOMALIES_SCHEMA.clone(),
         }
     }
 
@@ -55,6 +67,7 @@ impl StoredTable {
         match self {
             StoredTable::Fingerprints => FINGERPRINTS_FILE_SCHEMA.clone(),
             StoredTable::Windows => WINDOWS_FILE_SCHEMA.clone(),
+            StoredTable::Anomalies => ANOMALIES_FILE_SCHEMA.clone(),
         }
     }
 }
@@ -78,6 +91,8 @@ fn file_schema_of(table: &SchemaRef) -> SchemaRef {
 static FINGERPRINTS_FILE_SCHEMA: LazyLock<SchemaRef> =
     LazyLock::new(|| file_schema_of(&FINGERPRINTS_SCHEMA));
 static WINDOWS_FILE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| file_schema_of(&WINDOWS_SCHEMA));
+static ANOMALIES_FILE_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| file_schema_of(&ANOMALIES_SCHEMA));
 
 /// A batch of `table`'s SQL schema as the rows of its Parquet file.
 pub fn to_file_batch(table: StoredTable, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
@@ -135,6 +150,27 @@ pub static WINDOWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("dropped_events", DataType::UInt64, false),
         Field::new("capture_paused", DataType::Boolean, false),
         Field::new("started_after_container", DataType::Boolean, false),
+    ]))
+});
+
+/// `anomalies(time, window_end, node, container_id, image, image_name, kind, key,
+/// count, policy, severity, confidence, confidence_score)`: `time`/`window_end`
+/// are the window of the fingerprint that had the item.
+pub static ANOMALIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("time", timestamp_type(), false),
+        Field::new("window_end", timestamp_type(), false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("container_id", DataType::Utf8, false),
+        Field::new("image", DataType::Utf8, false),
+        Field::new("image_name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("policy", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("confidence", DataType::Utf8, false),
+        Field::new("confidence_score", DataType::Float64, false),
     ]))
 });
 

@@ -13,6 +13,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 pub enum SettingKind {
     Bool,
     Duration,
+    /// An `http://` or `https://` URL, or empty for none.
+    Url,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +31,7 @@ pub const LEARNING_PERIOD: &str = "profiling.learning_period";
 pub const EVE_ENABLED: &str = "runtime_scanner.eve_enabled";
 pub const EVE_CONNECTOR_ENABLED: &str = "eve_connector.enabled";
 pub const FINGERPRINT_RETENTION: &str = "storage.fingerprint_retention";
+pub const ALERTS_WEBHOOK_URL: &str = "alerts.webhook_url";
 
 pub const SETTINGS: &[SettingDef] = &[
     SettingDef {
@@ -66,6 +69,13 @@ pub const SETTINGS: &[SettingDef] = &[
         for_agents: false,
         description: "Raw fingerprints and windows older than this are deleted; profiles stay. 0s keeps them forever.",
     },
+    SettingDef {
+        key: ALERTS_WEBHOOK_URL,
+        default: "",
+        kind: SettingKind::Url,
+        for_agents: false,
+        description: "Every anomaly is POSTed here as JSON (retried with backoff); empty sends none.",
+    },
 ];
 
 pub fn def(key: &str) -> Option<&'static SettingDef> {
@@ -90,6 +100,19 @@ pub fn validate(key: &str, value: &str) -> Result<String, String> {
         SettingKind::Duration => {
             parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
             Ok(value.trim().to_string())
+        }
+        SettingKind::Url => {
+            let v = value.trim();
+            if v.is_empty() {
+                return Ok(String::new());
+            }
+            let url = url::Url::parse(v).map_err(|e| format!("{key}: {v:?} is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!(
+                    "{key}: {v:?} must be an http:// or https:// URL with a host"
+                ));
+            }
+            Ok(v.to_string())
         }
     }
 }
@@ -169,6 +192,13 @@ mod tests {
         );
         assert_eq!(validate(LEARNING_PERIOD, "12h"), Ok("12h".into()));
         assert!(validate(LEARNING_PERIOD, "12").is_err());
+        assert_eq!(
+            validate(ALERTS_WEBHOOK_URL, " http://127.0.0.1:9/hook "),
+            Ok("http://127.0.0.1:9/hook".into())
+        );
+        assert_eq!(validate(ALERTS_WEBHOOK_URL, ""), Ok(String::new()));
+        assert!(validate(ALERTS_WEBHOOK_URL, "ftp://x/").is_err());
+        assert!(validate(ALERTS_WEBHOOK_URL, "not a url").is_err());
         let mut stored = BTreeMap::new();
         assert!(bool_value(&stored, PROFILING_ENABLED));
         stored.insert(PROFILING_ENABLED.to_string(), "false".to_string());

@@ -23,7 +23,9 @@ use crate::profile::rebuild;
 use crate::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
 use crate::prune::PartitionFilter;
 use crate::schema::StoredTable;
-use crate::table::{ImprintTable, STORE_URL, SettingsTable, TableView, ViewSource, prune_files};
+use crate::table::{
+    BuiltTable, ImprintTable, STORE_URL, SettingsTable, TableView, ViewSource, prune_files,
+};
 
 /// Where a store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +117,14 @@ pub fn new_session(
         ctx.register_table(t.name(), Arc::new(ImprintTable::new(t, source.clone())))?;
     }
     ctx.register_table("settings", Arc::new(SettingsTable::new(source.clone())))?;
+    let policies = source.clone();
+    ctx.register_table(
+        "policies",
+        Arc::new(BuiltTable::new(
+            crate::policy::tables::POLICIES_SCHEMA.clone(),
+            Box::new(move |_| Ok(crate::policy::tables::batch(&policies.policies()))),
+        )),
+    )?;
     Ok(ctx)
 }
 
@@ -174,6 +184,10 @@ impl ViewSource for CommittedFiles {
 
     fn settings(&self) -> std::collections::BTreeMap<String, String> {
         self.0.settings.clone()
+    }
+
+    fn policies(&self) -> Vec<crate::policy::Policy> {
+        self.0.policies.values().cloned().collect()
     }
 }
 

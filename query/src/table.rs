@@ -40,6 +40,9 @@ pub trait ViewSource: Send + Sync + Debug {
 
     /// Stored settings (key → value), for the `settings` table.
     fn settings(&self) -> std::collections::BTreeMap<String, String>;
+
+    /// Stored policies, for the `policies` table.
+    fn policies(&self) -> Vec<crate::policy::Policy>;
 }
 
 /// The `settings` table: each known setting with its current value.

@@ -7,16 +7,19 @@ use std::sync::Arc;
 
 use imprint_proto::admin_v1::admin_server::Admin;
 use imprint_proto::admin_v1::{
-    CreateTokenRequest, CreateTokenResponse, GetSettingsRequest, GetSettingsResponse,
-    ImportAdvisoriesRequest, ImportResponse, ImportSbomRequest, ImportVulnsRequest,
-    ListTokensRequest, ListTokensResponse, ResetProfileRequest, ResetProfileResponse,
-    RevokeTokenRequest, RevokeTokenResponse, SetLearningPeriodRequest, SetLearningPeriodResponse,
-    SetSettingRequest, SetSettingResponse, Setting, TokenInfo,
+    CreateTokenRequest, CreateTokenResponse, DeletePolicyRequest, DeletePolicyResponse,
+    GetSettingsRequest, GetSettingsResponse, ImportAdvisoriesRequest, ImportResponse,
+    ImportSbomRequest, ImportVulnsRequest, ListTokensRequest, ListTokensResponse, PutPolicyRequest,
+    PutPolicyResponse, ResetProfileRequest, ResetProfileResponse, RevokeTokenRequest,
+    RevokeTokenResponse, SetLearningPeriodRequest, SetLearningPeriodResponse, SetSettingRequest,
+    SetSettingResponse, Setting, TokenInfo,
 };
 use imprint_proto::digest::check_digest;
 use imprint_query::catalog::{Commit, TokenRecord};
 use imprint_query::inuse::state::Part;
 use imprint_query::inuse::{sbom, vulns};
+use imprint_query::policy::{DEFAULT_THROTTLE_SECONDS, Policy, Severity};
+use imprint_query::profile::{Category, ConfidenceLevel};
 use imprint_query::settings;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -378,4 +381,81 @@ impl Admin for AdminService {
             ..Default::default()
         }))
     }
+
+    async fn put_policy(
+        &self,
+        request: Request<PutPolicyRequest>,
+    ) -> Result<Response<PutPolicyResponse>, Status> {
+        let r = request.into_inner();
+        let policy = policy_from_request(&r, now_micros()).map_err(Status::invalid_argument)?;
+        let name = policy.name.clone();
+        match self.engine.put_policy(policy, r.replace).await {
+            Ok(()) => {
+                info!(policy = %name, replace = r.replace, "policy stored");
+                Ok(Response::new(PutPolicyResponse {}))
+            }
+            Err(EngineError::Exists(m)) => Err(Status::already_exists(m)),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.delete_policy(&name).await {
+            Ok(()) => {
+                info!(policy = %name, "policy deleted");
+                Ok(Response::new(DeletePolicyResponse {}))
+            }
+            Err(EngineError::NotFound(m)) => Err(Status::not_found(m)),
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
+/// A policy from its request, with the documented defaults; the error names the
+/// field at fault.
+pub fn policy_from_request(r: &PutPolicyRequest, now: i64) -> Result<Policy, String> {
+    let mut categories = Vec::new();
+    for c in &r.categories {
+        let c = c.trim();
+        let Some(category) = Category::ALL.into_iter().find(|x| x.name() == c) else {
+            return Err(format!(
+                "categories: unknown category {c:?} (network, processes, files, syscalls)"
+            ));
+        };
+        if !categories.contains(&category) {
+            categories.push(category);
+        }
+    }
+    if categories.is_empty() {
+        categories = Category::ALL.to_vec();
+    }
+    let min_confidence = match r.min_confidence.trim() {
+        "" => ConfidenceLevel::High,
+        c => ConfidenceLevel::from_name(c)
+            .ok_or_else(|| format!("min_confidence: {c:?} is not low, medium or high"))?,
+    };
+    let severity = match r.severity.trim() {
+        "" => Severity::default(),
+        s => Severity::from_name(s)
+            .ok_or_else(|| format!("severity: {s:?} is not low, medium, high or critical"))?,
+    };
+    let policy = Policy {
+        name: r.name.trim().to_string(),
+        scope: r.scope.trim().to_string(),
+        categories,
+        min_confidence,
+        severity,
+        enabled: !r.disabled,
+        throttle_seconds: match r.throttle_seconds {
+            0 => DEFAULT_THROTTLE_SECONDS,
+            t => t,
+        },
+        created_micros: now,
+    };
+    policy.validate()?;
+    Ok(policy)
 }

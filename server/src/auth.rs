@@ -79,6 +79,7 @@ pub fn scope_for_grpc_path(path: &str) -> Option<Scope> {
         ("arrow.flight.protocol.FlightService", _) => Some(Scope::Read),
         ("imprint.ingest.v1.Ingest" | "imprint.ingest.v1.AgentConfig", _) => Some(Scope::Agent),
         (_, "/imprint.admin.v1.Admin/GetSettings") => Some(Scope::Read),
+        ("imprint.alerts.v1.Alerts", _) => Some(Scope::Read),
         // Admin calls, and anything unknown.
         _ => Some(Scope::Admin),
     }
@@ -257,6 +258,10 @@ mod tests {
         );
         assert_eq!(
             scope_for_grpc_path("/imprint.admin.v1.Admin/GetSettings"),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            scope_for_grpc_path("/imprint.alerts.v1.Alerts/WatchAnomalies"),
             Some(Scope::Read)
         );
         assert_eq!(

@@ -26,6 +26,7 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
     let body = serde_json::json!({
         "status": if stats.wal_failed { "wal_failed" } else { "ok" },
         "engine": stats,
+        "alerts": engine.alert_stats().to_json(),
     });
     (status, Json(body))
 }

@@ -2,6 +2,7 @@
 //! module map.
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use imprint_proto::admin_v1::admin_server::AdminServer;
+use imprint_proto::alerts_v1::alerts_server::AlertsServer;
 use imprint_proto::ingest_v1::agent_config_server::AgentConfigServer;
 use imprint_proto::ingest_v1::ingest_server::IngestServer;
 use imprint_query::StoreLocation;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminService, bootstrap_admin_token};
+use crate::alerts::AlertsService;
 use crate::auth::{Auth, GrpcAuthLayer};
 use crate::config::{ObjectStoreKind, ServeArgs};
 use crate::engine::{Engine, EngineConfig, EngineError};
@@ -129,6 +131,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let persister_stop = Arc::new(Notify::new());
     let persister = tokio::spawn(engine.clone().run_persister(persister_stop.clone()));
+    let webhook = tokio::spawn(crate::alerts::webhook::run(
+        engine.clone(),
+        engine.alert_stats().clone(),
+        stop_rx.clone(),
+    ));
 
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -143,6 +150,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 AdminServer::new(AdminService::new(engine.clone()))
                     .max_decoding_message_size(MAX_GRPC_MESSAGE),
             )
+            .add_service(AlertsServer::new(AlertsService::new(
+                engine.clone(),
+                stop_rx.clone(),
+            )))
             .add_service(AgentConfigServer::new(AgentConfigService::new(
                 engine.clone(),
                 stop_rx.clone(),
@@ -203,6 +214,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (grpc, http) = tokio::join!(grpc, http);
     persister_stop.notify_one();
     let _ = persister.await;
+    let _ = webhook.await;
     let result = engine.shutdown().await;
     grpc?;
     http.map_err(ServeError::Http)?;

@@ -16,6 +16,14 @@
 //!
 //! statement ok
 //! PERIOD image=1 2m
+//!
+//! statement ok
+//! CLI policy create drift --scope 'api:*'
+//!
+//! query T
+//! CLI anomalies
+//! ----
+//! <each line of stdout>
 //! ```
 //!
 //! `PUSH` sends one fingerprint per 30 s window `a..b` (exclusive end) over gRPC
@@ -26,7 +34,10 @@
 //! `$imageN` (after `control substitution on`). `SETTING` uses the admin RPC;
 //! `RESTART` stops the server gracefully and starts it again on the same data;
 //! `RESET` is `imprint profile reset`, `PERIOD` sets an image's own learning
-//! period (`default` removes it), both through the admin RPCs.
+//! period (`default` removes it), both through the admin RPCs. `CLI …` runs the
+//! real `imprint` binary with those arguments (split at spaces; `'…'` quotes)
+//! and `$imageN` substituted; as a query its rows are the lines it printed, with
+//! runs of spaces collapsed to one.
 
 use std::time::Duration;
 
@@ -195,6 +206,60 @@ impl ImprintSlt {
     }
 }
 
+/// Splits a command line at spaces; `'…'` quotes a word with spaces.
+fn split_args(line: &str) -> Result<Vec<String>, SltError> {
+    let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                any = false;
+            }
+            c => word.push(c),
+        }
+    }
+    if quoted {
+        return Err(SltError(format!("CLI {line}: unclosed quote")));
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Runs every `.slt` file of `dir` (sorted), each against its own server, and
+/// fails naming the files that failed.
+pub async fn run_dir(dir: &std::path::Path) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("slt directory")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    let mut failed = Vec::new();
+    for file in &files {
+        let mut runner = sqllogictest::Runner::new(|| async { Ok(ImprintSlt::start()) });
+        for n in 1..10 {
+            runner.set_var(format!("image{n}"), imprint_bench::digest_of(n));
+        }
+        match runner.run_file_async(file).await {
+            Ok(()) => println!("ok   {}", file.display()),
+            Err(e) => {
+                println!("FAIL {}\n{e}", file.display());
+                failed.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
 #[async_trait]
 impl AsyncDB for ImprintSlt {
     type Error = SltError;
@@ -216,6 +281,22 @@ impl AsyncDB for ImprintSlt {
         if let Some(spec) = sql.strip_prefix("PERIOD ") {
             self.period(spec).await?;
             return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(args) = sql.strip_prefix("CLI ") {
+            let args = split_args(args)?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, stdout, stderr) = self.server.cli(&args);
+            if !ok {
+                return Err(SltError(format!("CLI {args:?} failed: {stderr}")));
+            }
+            let rows: Vec<Vec<String>> = stdout
+                .lines()
+                .map(|l| vec![l.split_whitespace().collect::<Vec<_>>().join(" ")])
+                .collect();
+            return Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Text],
+                rows,
+            });
         }
         if sql == "RESTART" {
             let status = self.server.terminate();

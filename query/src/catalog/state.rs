@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::layout::PartitionKey;
+use crate::policy::Policy;
 use crate::schema::StoredTable;
 
 /// One live Parquet file.
@@ -115,6 +116,12 @@ pub struct Commit {
     /// OSV advisory objects added.
     #[serde(default)]
     pub add_advisories: Vec<String>,
+    /// Policies created or replaced (by name).
+    #[serde(default)]
+    pub put_policies: Vec<Policy>,
+    /// Names of policies deleted.
+    #[serde(default)]
+    pub delete_policies: Vec<String>,
 }
 
 /// An In Use part of an image: the object at `path` fills `slot`
@@ -152,6 +159,9 @@ pub struct CatalogState {
     /// OSV advisory objects, in import order.
     #[serde(default)]
     pub advisories: Vec<String>,
+    /// Profile policies by name.
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
 }
 
 impl CatalogState {
@@ -194,6 +204,12 @@ impl CatalogState {
         }
         self.advisories
             .extend(commit.add_advisories.iter().cloned());
+        for p in &commit.put_policies {
+            self.policies.insert(p.name.clone(), p.clone());
+        }
+        for name in &commit.delete_policies {
+            self.policies.remove(name);
+        }
         for (image, period) in &commit.learning_periods {
             match period {
                 Some(p) => self.learning_periods.insert(image.clone(), p.clone()),

@@ -10,6 +10,11 @@
 //!   containers saw; 0 while only one container has been watched (one container
 //!   cannot corroborate itself), 1 for an empty category watched in two or more.
 //!
+//! Both are over the category's **baseline** items: once the profile is done
+//! learning, items first seen afterwards are deviations (what policies alert on),
+//! not growth of the baseline, so they do not lower its confidence — one anomaly
+//! cannot blind a category to the next.
+//!
 //! `score = stability × (0.7 + 0.3 × agreement)`. The level is `high` from 0.8,
 //! `medium` from 0.5, else `low` — and always `low` while observation is too
 //! short: fewer than [`MIN_WINDOWS`] fingerprints or less than a tenth of the
@@ -24,7 +29,10 @@ const MIN_SHARE_OF_PERIOD: f64 = 0.1;
 const HIGH: f64 = 0.8;
 const MEDIUM: f64 = 0.5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ConfidenceLevel {
     Low,
     Medium,
@@ -62,10 +70,16 @@ pub fn confidence(
     learning_period_micros: i64,
 ) -> Confidence {
     let observed = profile.observed.total();
+    let learned_at = profile
+        .observed
+        .moment_reaching(learning_period_micros.max(0));
     let items = || {
         profile
             .iter_items()
-            .filter(move |(kind, _, _)| Category::of_kind(kind) == Some(category))
+            .filter(move |(kind, _, s)| {
+                Category::of_kind(kind) == Some(category)
+                    && ImageProfile::in_baseline(s.first_seen, learned_at)
+            })
             .map(|(_, _, s)| s)
     };
     let newest = items().map(|s| s.first_seen).max();
@@ -132,7 +146,8 @@ mod tests {
             push(&mut p, "c1", w, &[("process", "/app")]);
             push(&mut p, "c2", w, &[("process", "/app")]);
         }
-        let c = confidence(&p, Category::Processes, 0);
+        // 270 s observed: a tenth of a 45 min period, enough.
+        let c = confidence(&p, Category::Processes, 45 * 60 * S);
         assert_eq!((c.score, c.level), (1.0, ConfidenceLevel::High));
         // 270 s observed is less than a tenth of a 1 h period.
         let c = confidence(&p, Category::Processes, HOUR);
@@ -145,19 +160,19 @@ mod tests {
         for w in 0..20 {
             push(&mut p, "c1", w, &[("process", "/app"), ("tcp_out", "443")]);
         }
-        let c = confidence(&p, Category::Processes, 0);
+        let c = confidence(&p, Category::Processes, HOUR);
         assert_eq!((c.stability, c.agreement, c.score), (1.0, 0.0, 0.7));
         assert_eq!(c.level, ConfidenceLevel::Medium);
         for w in 0..20 {
             push(&mut p, "c2", w, &[("process", "/app")]);
         }
-        let c = confidence(&p, Category::Processes, 0);
+        let c = confidence(&p, Category::Processes, HOUR);
         assert_eq!((c.score, c.level), (1.0, ConfidenceLevel::High));
         // tcp_out 443 only in c1: agreement 0 in network.
-        let n = confidence(&p, Category::Network, 0);
+        let n = confidence(&p, Category::Network, HOUR);
         assert_eq!((n.agreement, n.score), (0.0, 0.7));
         // Nothing in syscalls, watched in two containers: stable and agreed.
-        let s = confidence(&p, Category::Syscalls, 0);
+        let s = confidence(&p, Category::Syscalls, HOUR);
         assert_eq!(s.score, 1.0);
     }
 
@@ -171,7 +186,7 @@ mod tests {
                 push(&mut p, c, w, &[("file_read", &key[w as usize])]);
             }
         }
-        let churning = confidence(&p, Category::Files, 0);
+        let churning = confidence(&p, Category::Files, HOUR);
         // Stable only for the last window out of 40.
         assert_eq!(churning.stability, 0.025);
         assert_eq!(churning.level, ConfidenceLevel::Low);
@@ -180,9 +195,29 @@ mod tests {
                 push(&mut p, c, w, &[("file_read", "/data/0")]);
             }
         }
-        let settled = confidence(&p, Category::Files, 0);
+        let settled = confidence(&p, Category::Files, HOUR);
         assert_eq!(settled.stability, 0.805); // 161 of 200 windows since the last new file
         assert_eq!(settled.level, ConfidenceLevel::High);
         assert!(settled.score > churning.score);
+    }
+
+    #[test]
+    fn items_new_after_learning_do_not_lower_the_baseline_confidence() {
+        let mut p = ImageProfile::default();
+        for w in 0..130 {
+            for c in ["c1", "c2"] {
+                push(&mut p, c, w, &[("process", "/app")]);
+            }
+        }
+        // Done learning at 1 h (window 120); a new process in window 125.
+        push(&mut p, "c1", 125, &[("process", "/usr/bin/nc")]);
+        let c = confidence(&p, Category::Processes, HOUR);
+        assert_eq!(
+            (c.stability, c.agreement, c.level),
+            (1.0, 1.0, ConfidenceLevel::High)
+        );
+        // The same item while still learning (period 2 h) is profile growth.
+        let learning = confidence(&p, Category::Processes, 2 * HOUR);
+        assert!(learning.stability < 0.05, "{learning:?}");
     }
 }

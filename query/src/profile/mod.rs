@@ -159,10 +159,33 @@ impl ImageProfile {
         facts: WindowFacts,
         items: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
     ) {
+        self.apply_watching(image_name, node, container, window, facts, |_| None, items);
+    }
+
+    /// [`apply`](Self::apply), returning the positions (in `items`) of the items
+    /// first seen at or after `since` — which is asked once the window is added,
+    /// so it can depend on the profile including it (e.g. its `learned_at`). This
+    /// is how policies find items outside the baseline without a second lookup.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_watching<'a>(
+        &mut self,
+        image_name: &str,
+        node: &str,
+        container: &str,
+        window: (i64, i64),
+        facts: WindowFacts,
+        since: impl FnOnce(&ImageProfile) -> Option<i64>,
+        items: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+    ) -> Vec<usize> {
         self.add_window(image_name, node, container, window, facts);
-        for (kind, key, count) in items {
-            self.add_item(kind, key, container, window, 1, count);
+        let since = since(self).unwrap_or(i64::MAX);
+        let mut outside = Vec::new();
+        for (i, (kind, key, count)) in items.into_iter().enumerate() {
+            if self.add_item(kind, key, container, window, 1, count) >= since {
+                outside.push(i);
+            }
         }
+        outside
     }
 
     /// Adds the window of one fingerprint (a row of the `windows` table).
@@ -200,7 +223,7 @@ impl ImageProfile {
 
     /// Adds an item seen by `container` in `windows` fingerprints spanning
     /// `(first_seen, last_seen)` with a total `count`: one fingerprint's item, or
-    /// a summary of many.
+    /// a summary of many. Returns the item's `first_seen`.
     pub fn add_item(
         &mut self,
         kind: &str,
@@ -209,7 +232,7 @@ impl ImageProfile {
         (first_seen, last_seen): (i64, i64),
         windows: u64,
         count: u64,
-    ) {
+    ) -> i64 {
         let c = self.container_id(container);
         if !self.items.contains_key(kind) {
             self.items.insert(kind.to_string(), BTreeMap::new());
@@ -228,6 +251,7 @@ impl ImageProfile {
         stats.windows += windows;
         stats.count += count;
         stats.containers.insert(c);
+        stats.first_seen
     }
 
     /// Adds everything in `other` (e.g. the summary of another partition). Every

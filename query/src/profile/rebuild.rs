@@ -90,7 +90,10 @@ pub async fn from_store(
     let raw: Vec<FileEntry> = state
         .files
         .values()
-        .filter(|f| !covered.contains(f.path.as_str()))
+        .filter(|f| {
+            crate::schema::StoredTable::PROFILE_INPUTS.contains(&f.table)
+                && !covered.contains(f.path.as_str())
+        })
         .cloned()
         .collect();
     if !raw.is_empty() {

@@ -5,6 +5,7 @@
 
 pub mod inuse;
 pub mod output;
+pub mod policy;
 pub mod profile;
 mod zip;
 
@@ -66,7 +67,8 @@ pub enum Command {
     /// Example: imprint sql "SELECT kind, count(*) FROM fingerprints GROUP BY kind"
     Sql {
         /// The query (DataFusion SQL). Tables: fingerprints, windows, profiles,
-        /// profile_status, settings.
+        /// profile_status, settings, packages, package_files, vulnerabilities,
+        /// runtime_vulnerabilities, policies, anomalies.
         query: String,
         /// Output format; `arrow` writes an Arrow IPC stream to stdout.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -105,6 +107,30 @@ pub enum Command {
         /// Only the vulnerabilities of packages in use.
         #[arg(long)]
         in_use: bool,
+    },
+    /// Create, list and delete profile policies (create and delete: admin).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Anomalies policies found: the newest stored ones, then with --follow each
+    /// new one as it is found.
+    ///
+    /// Example: imprint anomalies --since 1h --follow
+    Anomalies {
+        /// Only this image (digest or name).
+        #[arg(long)]
+        image: Option<String>,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only anomalies of windows that started this long ago or later (e.g. 1h).
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many stored anomalies, the newest (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Keep running and print new anomalies as they are found.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -313,6 +339,26 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             inuse::import(channel, &token, client, command).await?;
         }
         Command::Vulns { image, in_use } => inuse::vulns(channel, &token, &image, in_use).await?,
+        Command::Policy(command) => {
+            let client = admin(channel.clone())?;
+            policy::policy(channel, &token, client, command).await?;
+        }
+        Command::Anomalies {
+            image,
+            policy: policy_name,
+            since,
+            limit,
+            follow,
+        } => {
+            let q = policy::AnomalyQuery {
+                image,
+                policy: policy_name,
+                since,
+                limit,
+                follow,
+            };
+            policy::anomalies(channel, &token, q).await?;
+        }
         Command::Settings(SettingsCommand::Set { key, value }) => {
             let r = admin(channel)?
                 .set_setting(SetSettingRequest { key, value })

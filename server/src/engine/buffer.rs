@@ -11,13 +11,15 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, DictionaryArray, Int32Array, RecordBatch, StringArray,
-    StringDictionaryBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Array, RecordBatch,
+    StringArray, StringDictionaryBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, ItemKind};
 use imprint_query::layout::PartitionKey;
+use imprint_query::policy::Anomaly;
 use imprint_query::prune::PartitionFilter;
 use imprint_query::schema::StoredTable;
 
@@ -32,9 +34,11 @@ type Dict = StringDictionaryBuilder<Int32Type>;
 pub fn buffer_schema(table: StoredTable) -> SchemaRef {
     static FP: LazyLock<SchemaRef> = LazyLock::new(|| dictionary_schema(StoredTable::Fingerprints));
     static WIN: LazyLock<SchemaRef> = LazyLock::new(|| dictionary_schema(StoredTable::Windows));
+    static ANOM: LazyLock<SchemaRef> = LazyLock::new(|| dictionary_schema(StoredTable::Anomalies));
     match table {
         StoredTable::Fingerprints => FP.clone(),
         StoredTable::Windows => WIN.clone(),
+        StoredTable::Anomalies => ANOM.clone(),
     }
 }
 
@@ -213,11 +217,91 @@ impl WindowRows {
     }
 }
 
+/// Anomalies found in the partition's fingerprints (few: plain builders).
+struct AnomalyRows {
+    time: TimestampMicrosecondBuilder,
+    window_end: TimestampMicrosecondBuilder,
+    node: Dict,
+    container_id: Dict,
+    image_name: Dict,
+    kind: Dict,
+    key: Dict,
+    count: UInt64Builder,
+    policy: Dict,
+    severity: Dict,
+    confidence: Dict,
+    confidence_score: Float64Builder,
+    rows: usize,
+}
+
+impl AnomalyRows {
+    fn new() -> Self {
+        Self {
+            time: ts(),
+            window_end: ts(),
+            node: Dict::new(),
+            container_id: Dict::new(),
+            image_name: Dict::new(),
+            kind: Dict::new(),
+            key: Dict::new(),
+            count: UInt64Builder::new(),
+            policy: Dict::new(),
+            severity: Dict::new(),
+            confidence: Dict::new(),
+            confidence_score: Float64Builder::new(),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, a: &Anomaly) {
+        self.time.append_value(a.time);
+        self.window_end.append_value(a.window_end);
+        self.node.append_value(&a.node);
+        self.container_id.append_value(&a.container_id);
+        self.image_name.append_value(&a.image_name);
+        self.kind.append_value(&a.kind);
+        self.key.append_value(&a.key);
+        self.count.append_value(a.count);
+        self.policy.append_value(&a.policy);
+        self.severity.append_value(a.severity.name());
+        self.confidence.append_value(a.confidence.name());
+        self.confidence_score.append_value(a.confidence_score);
+        self.rows += 1;
+    }
+
+    fn snapshot(&self, image: &str) -> RecordBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish_cloned()),
+            Arc::new(self.window_end.finish_cloned()),
+            Arc::new(self.node.finish_cloned()),
+            Arc::new(self.container_id.finish_cloned()),
+            constant_dict(image, self.rows),
+            Arc::new(self.image_name.finish_cloned()),
+            Arc::new(self.kind.finish_cloned()),
+            Arc::new(self.key.finish_cloned()),
+            Arc::new(self.count.finish_cloned()),
+            Arc::new(self.policy.finish_cloned()),
+            Arc::new(self.severity.finish_cloned()),
+            Arc::new(self.confidence.finish_cloned()),
+            Arc::new(self.confidence_score.finish_cloned()),
+        ];
+        RecordBatch::try_new(buffer_schema(StoredTable::Anomalies), columns)
+            .expect("columns match the schema")
+    }
+
+    fn finish(&mut self, image: &str) -> RecordBatch {
+        let batch = self.snapshot(image);
+        *self = Self::new();
+        batch
+    }
+}
+
 /// The rows of one partition, frozen: what a persist job writes.
 #[derive(Debug, Clone, Default)]
 pub struct FrozenRows {
     pub fingerprints: Vec<RecordBatch>,
     pub windows: Vec<RecordBatch>,
+    pub anomalies: Vec<RecordBatch>,
     /// WAL seqs of the oldest and newest record with rows here.
     pub min_wal_seq: u64,
     pub max_wal_seq: u64,
@@ -229,6 +313,7 @@ impl FrozenRows {
         match table {
             StoredTable::Fingerprints => &self.fingerprints,
             StoredTable::Windows => &self.windows,
+            StoredTable::Anomalies => &self.anomalies,
         }
     }
 }
@@ -236,6 +321,7 @@ impl FrozenRows {
 struct Partition {
     fingerprints: FingerprintRows,
     windows: WindowRows,
+    anomalies: AnomalyRows,
     frozen: FrozenRows,
     created: Instant,
 }
@@ -245,6 +331,7 @@ impl Partition {
         Self {
             fingerprints: FingerprintRows::new(),
             windows: WindowRows::new(),
+            anomalies: AnomalyRows::new(),
             frozen: FrozenRows {
                 min_wal_seq: wal_seq,
                 max_wal_seq: wal_seq,
@@ -255,7 +342,8 @@ impl Partition {
     }
 
     fn bytes(&self) -> usize {
-        self.frozen.bytes + (self.fingerprints.rows + self.windows.rows) * ACTIVE_ROW_BYTES
+        self.frozen.bytes
+            + (self.fingerprints.rows + self.windows.rows + self.anomalies.rows) * ACTIVE_ROW_BYTES
     }
 
     fn freeze(&mut self, image: &str) {
@@ -268,6 +356,11 @@ impl Partition {
             let b = self.windows.finish(image);
             self.frozen.bytes += b.get_array_memory_size();
             self.frozen.windows.push(b);
+        }
+        if self.anomalies.rows > 0 {
+            let b = self.anomalies.finish(image);
+            self.frozen.bytes += b.get_array_memory_size();
+            self.frozen.anomalies.push(b);
         }
     }
 }
@@ -329,6 +422,25 @@ impl Buffer {
         items
     }
 
+    /// Appends anomalies found in the fingerprints of WAL record `wal_seq`: each to
+    /// the partition of its fingerprint, so it is persisted with it and, on replay,
+    /// derived again exactly when its fingerprint is replayed.
+    pub fn apply_anomalies(&mut self, wal_seq: u64, anomalies: &[Anomaly]) {
+        for a in anomalies {
+            let key = PartitionKey::new(a.image.as_str(), a.time);
+            let image = key.image.clone();
+            let p = self
+                .active
+                .entry(key)
+                .or_insert_with(|| Partition::new(wal_seq));
+            p.frozen.max_wal_seq = p.frozen.max_wal_seq.max(wal_seq);
+            p.anomalies.push(a);
+            if p.anomalies.rows >= CHUNK_ROWS {
+                p.freeze(&image);
+            }
+        }
+    }
+
     /// Bytes held, active and persisting.
     pub fn bytes(&self) -> usize {
         self.active.values().map(Partition::bytes).sum::<usize>()
@@ -370,6 +482,9 @@ impl Buffer {
                     Some(p.fingerprints.snapshot(&key.image))
                 }
                 StoredTable::Windows if p.windows.rows > 0 => Some(p.windows.snapshot(&key.image)),
+                StoredTable::Anomalies if p.anomalies.rows > 0 => {
+                    Some(p.anomalies.snapshot(&key.image))
+                }
                 _ => None,
             };
             if let Some(b) = tail {
@@ -450,6 +565,7 @@ impl Buffer {
                 .chain(newer.fingerprints)
                 .collect(),
             windows: rows.windows.into_iter().chain(newer.windows).collect(),
+            anomalies: rows.anomalies.into_iter().chain(newer.anomalies).collect(),
             min_wal_seq: rows.min_wal_seq.min(newer.min_wal_seq),
             max_wal_seq: rows.max_wal_seq.max(newer.max_wal_seq),
             bytes: rows.bytes + newer.bytes,

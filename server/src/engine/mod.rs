@@ -36,6 +36,8 @@ use imprint_query::inuse::state::{InUseState, Part, encode_advisories, encode_pa
 use imprint_query::inuse::tables::{self as inuse_tables, InUseSource, Snapshot};
 use imprint_query::inuse::vulns::Advisory;
 use imprint_query::layout::PartitionKey;
+use imprint_query::policy::evaluate::{self, Evaluator};
+use imprint_query::policy::{Anomaly, Policy};
 use imprint_query::profile::tables::{self as profile_tables, ProfileSource, select_profiles};
 use imprint_query::profile::{ImageProfile, WindowFacts, rebuild, summary};
 use imprint_query::prune::PartitionFilter;
@@ -49,6 +51,7 @@ use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::alerts::AlertStats;
 use crate::dedup::AppliedSeqs;
 use crate::validate::{Invalid, validate_batch};
 use crate::wal::{Wal, WalError};
@@ -103,6 +106,8 @@ pub enum EngineError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// Why a push was not applied.
@@ -140,6 +145,8 @@ struct Live {
     resets: HashMap<String, i64>,
     /// Inventories, scanner reports and advisories (replaced whole on import).
     inuse: Arc<InUseState>,
+    /// Policy evaluation, fed every fingerprint in the same step as `profiles`.
+    evaluator: Evaluator,
 }
 
 impl Live {
@@ -168,6 +175,10 @@ impl ViewSource for LiveView {
     fn settings(&self) -> BTreeMap<String, String> {
         self.0.read().catalog.settings.clone()
     }
+
+    fn policies(&self) -> Vec<Policy> {
+        self.0.read().catalog.policies.values().cloned().collect()
+    }
 }
 
 impl ProfileSource for LiveView {
@@ -185,17 +196,25 @@ impl InUseSource for LiveView {
 }
 
 /// Adds one fingerprint to its image's profile, unless its window started before
-/// the image's profile was last reset (`reset_at`).
-fn apply_to_profile(profiles: &mut HashMap<String, ImageProfile>, reset_at: i64, fp: &Fingerprint) {
+/// the image's profile was last reset (`reset_at`), and returns the anomalies the
+/// enabled policies find in it (items outside a done-learning baseline).
+fn observe(
+    profiles: &mut HashMap<String, ImageProfile>,
+    evaluator: &mut Evaluator,
+    catalog: &CatalogState,
+    reset_at: i64,
+    fp: &Fingerprint,
+) -> Vec<Anomaly> {
     if fp.window_start_unix_micros < reset_at {
-        return;
+        return Vec::new();
     }
+    let watched = evaluator.watch(catalog, &fp.image, &fp.image_name);
     let profile = match profiles.get_mut(&fp.image) {
         Some(p) => p,
         None => profiles.entry(fp.image.clone()).or_default(),
     };
     let c = fp.completeness.unwrap_or_default();
-    profile.apply(
+    let outside = profile.apply_watching(
         &fp.image_name,
         &fp.node,
         &fp.container_id,
@@ -205,11 +224,16 @@ fn apply_to_profile(profiles: &mut HashMap<String, ImageProfile>, reset_at: i64,
             capture_paused: c.capture_paused,
             started_after_container: c.started_after_container,
         },
+        |p| watched.and_then(|period| Evaluator::learned_at(p, period)),
         fp.items.iter().map(|i| {
             let kind = ItemKind::try_from(i.kind).unwrap_or(ItemKind::Unspecified);
             (kind.sql_name(), i.key.as_str(), i.count)
         }),
     );
+    if outside.is_empty() {
+        return Vec::new();
+    }
+    evaluator.evaluate(fp, profile, &outside)
 }
 
 /// What `imprint profile reset` did.
@@ -218,6 +242,10 @@ pub struct ProfileReset {
     /// The profile counts windows that start at or after this moment (µs).
     pub reset_at: i64,
 }
+
+/// Anomalies a live receiver (stream, webhook) may fall behind by before it
+/// misses some (it is told how many).
+const ANOMALY_CHANNEL: usize = 16 * 1024;
 
 /// How often the persister applies `storage.fingerprint_retention` (also at start
 /// and when the setting changes).
@@ -232,6 +260,9 @@ struct Shared {
     wal_failed: AtomicBool,
     persist_wanted: Notify,
     max_buffer_bytes: usize,
+    /// Every anomaly found at ingest, as it is found.
+    anomalies: tokio::sync::broadcast::Sender<Arc<Anomaly>>,
+    alert_stats: Arc<AlertStats>,
 }
 
 pub struct Engine {
@@ -283,6 +314,11 @@ impl Engine {
         let started = std::time::Instant::now();
         let (mut profiles, rebuilt) = rebuild::from_store(object_store.clone(), state).await?;
         let inuse = InUseState::load(object_store.clone(), state).await?;
+        // The throttle remembers the anomalies already stored; the ones of rows
+        // still in the WAL are found again as those rows are replayed.
+        let mut evaluator = Evaluator::default();
+        let seeded = evaluate::seed_throttle(object_store.clone(), state, &mut evaluator).await?;
+        let mut replayed_anomalies = 0usize;
         let mut applied = AppliedSeqs::from_catalog(&state.agent_seqs);
         let mut buffer = Buffer::default();
         let (mut replayed_items, skipped) = (0u64, std::cell::Cell::new(0usize));
@@ -301,7 +337,10 @@ impl Engine {
             for fp in &batch.fingerprints {
                 let key = PartitionKey::new(fp.image.as_str(), fp.window_start_unix_micros);
                 if !persisted(&key) {
-                    apply_to_profile(&mut profiles, state.profile_reset(&fp.image), fp);
+                    let reset_at = state.profile_reset(&fp.image);
+                    let found = observe(&mut profiles, &mut evaluator, state, reset_at, fp);
+                    replayed_anomalies += found.len();
+                    buffer.apply_anomalies(r.seq, &found);
                 }
             }
         }
@@ -310,6 +349,7 @@ impl Engine {
             summaries = rebuilt.summaries,
             summaries_before_reset = rebuilt.summaries_before_reset,
             raw_files = rebuilt.raw_files,
+            throttled_items = seeded,
             ms = started.elapsed().as_millis() as u64,
             "profiles computed from stored data"
         );
@@ -318,6 +358,7 @@ impl Engine {
                 records = records.len(),
                 items = replayed_items,
                 fingerprints_already_persisted = skipped.get(),
+                anomalies = replayed_anomalies,
                 "WAL replayed"
             );
         }
@@ -331,6 +372,7 @@ impl Engine {
                 .map(|(i, at)| (i.clone(), *at))
                 .collect(),
             inuse: Arc::new(inuse),
+            evaluator,
         }));
         let session = new_session(
             object_store.clone(),
@@ -354,6 +396,8 @@ impl Engine {
             wal_failed: AtomicBool::new(false),
             persist_wanted: Notify::new(),
             max_buffer_bytes: config.max_buffer_bytes,
+            anomalies: tokio::sync::broadcast::Sender::new(ANOMALY_CHANNEL),
+            alert_stats: Arc::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer_shared = shared.clone();
@@ -428,7 +472,14 @@ impl Engine {
     /// Commits a metadata change (tokens, settings) and makes it visible.
     pub async fn commit_meta(&self, commit: Commit) -> Result<Arc<CatalogState>, EngineError> {
         let mut catalog = self.catalog.lock().await;
-        let mut commit = commit;
+        self.commit_locked(&mut catalog, commit).await
+    }
+
+    async fn commit_locked(
+        &self,
+        catalog: &mut Catalog,
+        mut commit: Commit,
+    ) -> Result<Arc<CatalogState>, EngineError> {
         commit.time_micros = now_micros();
         let seq = catalog.commit(commit).await?;
         let state = Arc::new(catalog.state().clone());
@@ -440,6 +491,58 @@ impl Engine {
     /// Fires after every metadata commit.
     pub fn watch_meta(&self) -> tokio::sync::watch::Receiver<u64> {
         self.meta_changed.subscribe()
+    }
+
+    /// Counters of anomalies found and delivered.
+    pub fn alert_stats(&self) -> &Arc<AlertStats> {
+        &self.shared.alert_stats
+    }
+
+    /// Every anomaly found from now on, as it is found (already in the
+    /// `anomalies` table when it arrives).
+    pub fn subscribe_anomalies(&self) -> tokio::sync::broadcast::Receiver<Arc<Anomaly>> {
+        self.shared.anomalies.subscribe()
+    }
+
+    /// Stores a policy; `replace` allows overwriting one of the same name. The
+    /// policy applies to fingerprints ingested after the commit.
+    pub async fn put_policy(&self, policy: Policy, replace: bool) -> Result<(), EngineError> {
+        // Under the catalog lock, so two creates of one name cannot both succeed.
+        let mut catalog = self.catalog.lock().await;
+        if !replace && catalog.state().policies.contains_key(&policy.name) {
+            return Err(EngineError::Exists(format!(
+                "policy {} exists (use --replace to change it)",
+                policy.name
+            )));
+        }
+        self.commit_locked(
+            &mut catalog,
+            Commit {
+                put_policies: vec![policy],
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a policy (its anomalies stay in the `anomalies` table).
+    pub async fn delete_policy(&self, name: &str) -> Result<(), EngineError> {
+        let mut catalog = self.catalog.lock().await;
+        if !catalog.state().policies.contains_key(name) {
+            return Err(EngineError::NotFound(format!(
+                "no policy named {name} (see `imprint policy list`)"
+            )));
+        }
+        self.commit_locked(
+            &mut catalog,
+            Commit {
+                delete_policies: vec![name.to_string()],
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Starts `image`'s profile again: from now on (or from the end of the last
@@ -654,6 +757,7 @@ impl Engine {
         let (encoded, profile_summary) = tokio::task::spawn_blocking(move || {
             let fp = parquet::encode(StoredTable::Fingerprints, &rows.fingerprints)?;
             let win = parquet::encode(StoredTable::Windows, &rows.windows)?;
+            let anomalies = parquet::encode(StoredTable::Anomalies, &rows.anomalies)?;
             let profile = summary::from_rows(&rows.windows, &rows.fingerprints, since)?;
             let bytes = summary::encode(&image, hour, &profile)?;
             let window_span = (
@@ -661,7 +765,11 @@ impl Engine {
                 profile.observed.last().unwrap_or(i64::MIN),
             );
             Ok::<_, EngineError>((
-                [(StoredTable::Fingerprints, fp), (StoredTable::Windows, win)],
+                [
+                    (StoredTable::Fingerprints, fp),
+                    (StoredTable::Windows, win),
+                    (StoredTable::Anomalies, anomalies),
+                ],
                 (bytes, window_span),
             ))
         })
@@ -696,7 +804,13 @@ impl Engine {
             hour: job.key.hour,
             first_window,
             last_window,
-            files: add.iter().map(|f| f.path.clone()).collect(),
+            // Only the profile's inputs: raw retention removes what a summary
+            // covers, and anomalies are kept.
+            files: add
+                .iter()
+                .filter(|f| StoredTable::PROFILE_INPUTS.contains(&f.table))
+                .map(|f| f.path.clone())
+                .collect(),
             bytes: summary_bytes.len() as u64,
         };
         self.object_store
@@ -842,22 +956,40 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
             }
         }
         let mut items = Vec::with_capacity(fresh.len());
+        let mut anomalies = Vec::new();
         let bytes = {
             let mut guard = shared.live.write();
             let live = &mut *guard;
             for (i, r) in fresh.iter().enumerate() {
-                items.push(
-                    live.buffer
-                        .apply(first_seq + i as u64, &r.batch, &|_| false),
-                );
+                let seq = first_seq + i as u64;
+                items.push(live.buffer.apply(seq, &r.batch, &|_| false));
+                let first = anomalies.len();
                 for fp in &r.batch.fingerprints {
                     let reset_at = live.resets.get(&fp.image).copied().unwrap_or(i64::MIN);
-                    apply_to_profile(&mut live.profiles, reset_at, fp);
+                    anomalies.extend(observe(
+                        &mut live.profiles,
+                        &mut live.evaluator,
+                        &live.catalog,
+                        reset_at,
+                        fp,
+                    ));
                 }
+                live.buffer.apply_anomalies(seq, &anomalies[first..]);
             }
             live.buffer.bytes()
         };
         drop(wal);
+        // Live delivery (streams, webhook) never waits: a broadcast drops what
+        // a lagging receiver has not taken, and counts it there.
+        if !anomalies.is_empty() {
+            shared
+                .alert_stats
+                .found
+                .fetch_add(anomalies.len() as u64, Ordering::Relaxed);
+            for a in anomalies {
+                let _ = shared.anomalies.send(Arc::new(a));
+            }
+        }
         shared.buffer_bytes.store(bytes, Ordering::Relaxed);
         if bytes >= shared.max_buffer_bytes / 4 * 3 {
             shared.persist_wanted.notify_one();

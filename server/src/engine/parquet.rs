@@ -41,6 +41,7 @@ fn sort_columns(table: StoredTable) -> &'static [&'static str] {
     match table {
         StoredTable::Fingerprints => &["kind", "key", "container_id", "time"],
         StoredTable::Windows => &["container_id", "time"],
+        StoredTable::Anomalies => &["time", "container_id"],
     }
 }
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs a benchmark with its peers:  bench/run.sh [ingest|profiles] [flags of that benchmark]
+# Runs a benchmark with its peers:  bench/run.sh [ingest|profiles|policies] [flags of that benchmark]
 # (default: ingest). Installs what it needs, idempotently: a Python venv with pyarrow,
 # duckdb and psycopg, and Debian's postgresql for the PostgreSQL peer.
 # Prints markdown tables (copy them into bench/README.md with the date).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=ingest
-case "${1:-}" in ingest|profiles) WHAT=$1; shift ;; esac
+case "${1:-}" in ingest|profiles|policies) WHAT=$1; shift ;; esac
 VENV="${IMPRINT_BENCH_VENV:-$PWD/.venv-bench}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c 'import pyarrow, duckdb, psycopg' 2>/dev/null || "$VENV/bin/pip" install -q pyarrow duckdb "psycopg[binary]"

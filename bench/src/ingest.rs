@@ -39,10 +39,14 @@ pub struct IngestArgs {
     peers_python: Option<PathBuf>,
 }
 
-/// Re-batches the fleet's fingerprints into batches of `n` from one agent.
-fn agent_batches(fleet: &mut Fleet, windows: i64, n: usize) -> Vec<FingerprintBatch> {
+/// Re-batches the fleet's fingerprints of `windows` into batches of `n` from one agent.
+pub(crate) fn agent_batches(
+    fleet: &mut Fleet,
+    windows: std::ops::Range<i64>,
+    n: usize,
+) -> Vec<FingerprintBatch> {
     let mut fps = Vec::new();
-    for w in 0..windows {
+    for w in windows {
         for node in fleet.window(w) {
             fps.extend(node);
         }
@@ -56,7 +60,7 @@ fn agent_batches(fleet: &mut Fleet, windows: i64, n: usize) -> Vec<FingerprintBa
         .collect()
 }
 
-fn items(batches: &[FingerprintBatch]) -> u64 {
+pub(crate) fn items(batches: &[FingerprintBatch]) -> u64 {
     batches
         .iter()
         .flat_map(|b| &b.fingerprints)
@@ -172,14 +176,14 @@ impl Server {
     }
 }
 
-struct RunResult {
+pub(crate) struct RunResult {
     agents: usize,
-    items_per_sec: f64,
+    pub items_per_sec: f64,
     p50: Duration,
     p99: Duration,
 }
 
-async fn end_to_end(
+pub(crate) async fn end_to_end(
     server: &str,
     token: &str,
     batches: &[FingerprintBatch],
@@ -275,7 +279,7 @@ pub async fn run(args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
         spec.images, spec.containers_per_image, args.windows
     );
     let mut fleet = Fleet::new(spec);
-    let batches = agent_batches(&mut fleet, args.windows, args.batch_fingerprints);
+    let batches = agent_batches(&mut fleet, 0..args.windows, args.batch_fingerprints);
     let total = items(&batches);
     let encoded: Vec<Vec<u8>> = batches.iter().map(|b| b.encode_to_vec()).collect();
     let mb: usize = encoded.iter().map(Vec::len).sum::<usize>() >> 20;

@@ -9,6 +9,7 @@
 
 mod agent;
 mod ingest;
+mod policies;
 mod profiles;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Run the profile-query benchmark (with DuckDB and PostgreSQL peers) and print its figures.
     Profiles(profiles::ProfilesArgs),
+    /// Run the policy benchmark: ingest with 100 policies over 1,000 learned images vs none.
+    Policies(policies::PoliciesArgs),
     /// Run the agent benchmark and print its figures (needs root).
     Agent(agent::AgentArgs),
     /// Make N getppid() calls and print the nanoseconds they took (the agent benchmark's loop).
@@ -109,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Ingest(args) => ingest::run(args).await?,
         Command::Profiles(args) => profiles::run(args).await?,
+        Command::Policies(args) => policies::run(args).await?,
         Command::Agent(args) => agent::run(args)?,
         Command::SyscallLoop { calls } => agent::syscall_loop(calls),
     }

@@ -818,3 +818,121 @@ async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
     assert!(of("urllib3").starts_with("urllib3|true|"), "{rows:?}");
     assert_eq!(of("jinja2"), "jinja2|false|", "jinja2 was never imported");
 }
+
+/// Profile policies on the real kernel: a cgroup workload's steady loop is learned
+/// (12 one-second windows); then, in the same cgroup, a new process reads a file
+/// the loop never read and bash connects to a port never used. The policy reports
+/// exactly items outside the baseline — those among them — each once, however often
+/// they happen within the throttle, and none before the profile was done learning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_workload_that_steps_outside_its_profile_raises_anomalies() {
+    let Some(()) = require_ebpf("agent: profile policies") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::new("policy").await;
+    let (server, digest) = (&s.server, &s.digest);
+    for args in [
+        vec!["settings", "set", "profiling.learning_period", "12s"],
+        vec![
+            "policy",
+            "create",
+            "drift",
+            "--scope",
+            digest,
+            "--min-confidence",
+            "low",
+        ],
+    ] {
+        let (ok, out, err) = server.cli(&args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let mut agent = s.agent("node-p", &[]);
+    let stop = s.dir.path().join("stop-loop");
+    let mut steady = s.cgroup.spawn(&format!(
+        "{HOST_PATH}; while [ ! -e {} ]; do cat /etc/hostname > /dev/null; sleep 0.3; done",
+        stop.display()
+    ));
+    let status = format!("SELECT state FROM profile_status WHERE image = '{digest}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows_as_text(&server.sql(&status).await) != ["done_learning"] {
+        assert!(std::time::Instant::now() < deadline, "never done learning");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = server.scalar_i64("SELECT count(*) FROM anomalies").await;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for _ in 0..2 {
+        let run = s.cgroup.run(&format!(
+            "{HOST_PATH}; id > /dev/null; cat /etc/passwd > /dev/null; \
+             bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"
+        ));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let wanted = [
+        format!("process|/usr/bin/id"),
+        format!("process|/usr/bin/bash"),
+        format!("file_read|/etc/passwd"),
+        format!("tcp_out|{port}"),
+    ];
+    let query =
+        format!("SELECT kind, key FROM anomalies WHERE image = '{digest}' ORDER BY kind, key");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let rows = rows_as_text(&server.sql(&query).await);
+        if wanted.iter().all(|w| rows.contains(w)) || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    std::fs::write(&stop, "").unwrap();
+    let _ = steady.wait();
+    agent.stop();
+
+    assert_eq!(before, 0, "no anomalies while learning");
+    for w in &wanted {
+        assert!(found.contains(w), "{w} not among the anomalies {found:?}");
+    }
+    // Once each, though it all ran twice; and nothing that is in the baseline.
+    let distinct: BTreeSet<&String> = found.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        found.len(),
+        "an item reported twice: {found:?}"
+    );
+    let baseline_hits = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT a.kind, a.key FROM anomalies a JOIN profiles p \
+                 ON a.image = p.image AND a.kind = p.kind AND a.key = p.key \
+                 WHERE a.image = '{digest}' AND p.in_baseline"
+            ))
+            .await,
+    );
+    assert!(
+        baseline_hits.is_empty(),
+        "baseline items reported: {baseline_hits:?}"
+    );
+    let early = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM anomalies a JOIN profile_status s ON a.image = s.image \
+             WHERE a.image = '{digest}' AND a.time < s.learned_at"
+        ))
+        .await;
+    assert_eq!(early, 0, "an anomaly from before learned_at");
+    for steady_item in [
+        "process|/usr/bin/cat",
+        "process|/usr/bin/sleep",
+        "file_read|/etc/hostname",
+    ] {
+        assert!(
+            !found.iter().any(|f| f == steady_item),
+            "{steady_item} is the learned loop"
+        );
+    }
+}

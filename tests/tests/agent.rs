@@ -875,9 +875,9 @@ async fn a_learned_workload_that_steps_outside_its_profile_raises_anomalies() {
         );
     }
     let wanted = [
-        format!("process|/usr/bin/id"),
-        format!("process|/usr/bin/bash"),
-        format!("file_read|/etc/passwd"),
+        "process|/usr/bin/id".to_string(),
+        "process|/usr/bin/bash".to_string(),
+        "file_read|/etc/passwd".to_string(),
         format!("tcp_out|{port}"),
     ];
     let query =

@@ -78,8 +78,11 @@ pub struct Evaluator {
     /// The enabled policies.
     policies: Vec<Policy>,
     images: HashMap<String, Watched>,
-    /// `policy \0 container \0 kind \0 key` → window start of its last anomaly.
-    throttle: HashMap<String, i64>,
+    /// `container \0 kind \0 key` → per policy, the window start of its last
+    /// anomaly (keyed by item first, so one key is built per item, not per policy).
+    throttle: HashMap<String, Vec<(Arc<str>, i64)>>,
+    /// The names of `policies`, shared with the throttle entries.
+    names: Vec<Arc<str>>,
     prune_at: usize,
     newest: i64,
 }
@@ -108,6 +111,7 @@ impl Evaluator {
             .filter(|p| p.enabled)
             .cloned()
             .collect();
+        self.names = self.policies.iter().map(|p| Arc::from(p.name.as_str())).collect();
         self.images.clear();
     }
 
@@ -171,25 +175,31 @@ impl Evaluator {
             let Some(category) = Category::of_kind(kind) else {
                 continue;
             };
-            for pi in watched.policies.clone() {
+            let item_key = format!("{}\0{kind}\0{}", fp.container_id, item.key);
+            // Taken out for the policies' loop, put back after: one lookup per item.
+            let mut per_policy = self.throttle.remove(&item_key).unwrap_or_default();
+            for k in 0..watched.policies.len() {
+                let pi = watched.policies[k];
                 let policy = &self.policies[pi];
                 if !policy.watches(category) {
                     continue;
                 }
-                let key = format!("{}\0{}\0{kind}\0{}", policy.name, fp.container_id, item.key);
                 let throttle = policy.throttle_seconds as i64 * 1_000_000;
-                if self
-                    .throttle
-                    .get(&key)
-                    .is_some_and(|&last| (t - last).abs() < throttle)
-                {
+                let last = per_policy
+                    .iter()
+                    .find(|(name, _)| **name == *policy.name)
+                    .map(|&(_, t)| t);
+                if last.is_some_and(|last| (t - last).abs() < throttle) {
                     continue;
                 }
                 let conf = category_confidence(watched, profile, category);
                 if conf.level < policy.min_confidence {
                     continue;
                 }
-                self.throttle.insert(key, t);
+                match per_policy.iter_mut().find(|(name, _)| **name == *policy.name) {
+                    Some(entry) => entry.1 = t,
+                    None => per_policy.push((self.names[pi].clone(), t)),
+                }
                 found.push(Anomaly {
                     time: t,
                     window_end: fp.window_end_unix_micros,
@@ -206,6 +216,9 @@ impl Evaluator {
                     confidence_score: conf.score,
                 });
             }
+            if !per_policy.is_empty() {
+                self.throttle.insert(item_key, per_policy);
+            }
         }
         self.prune_throttle();
         found
@@ -214,9 +227,14 @@ impl Evaluator {
     /// Remembers an anomaly already stored (at start), so the throttle holds
     /// across restarts.
     pub fn seed_throttle(&mut self, policy: &str, container: &str, kind: &str, key: &str, t: i64) {
-        let k = format!("{policy}\0{container}\0{kind}\0{key}");
-        let e = self.throttle.entry(k).or_insert(t);
-        *e = (*e).max(t);
+        let per_policy = self
+            .throttle
+            .entry(format!("{container}\0{kind}\0{key}"))
+            .or_default();
+        match per_policy.iter_mut().find(|(name, _)| &**name == policy) {
+            Some(entry) => entry.1 = entry.1.max(t),
+            None => per_policy.push((Arc::from(policy), t)),
+        }
         self.newest = self.newest.max(t);
     }
 
@@ -227,13 +245,16 @@ impl Evaluator {
             return;
         }
         let horizon = self.newest - super::MAX_THROTTLE_SECONDS as i64 * 1_000_000;
-        self.throttle.retain(|_, &mut t| t >= horizon);
+        self.throttle.retain(|_, per_policy| {
+            per_policy.retain(|&(_, t)| t >= horizon);
+            !per_policy.is_empty()
+        });
         self.prune_at = (self.throttle.len() * 2).max(4096);
     }
 
     /// Entries in the throttle (for tests and stats).
     pub fn throttled_items(&self) -> usize {
-        self.throttle.len()
+        self.throttle.values().map(Vec::len).sum()
     }
 }
 

@@ -73,14 +73,14 @@ pub fn confidence(
     let learned_at = profile
         .observed
         .moment_reaching(learning_period_micros.max(0));
+    // Only the category's own kinds are visited, not every item of the profile.
     let items = || {
-        profile
-            .iter_items()
-            .filter(move |(kind, _, s)| {
-                Category::of_kind(kind) == Some(category)
-                    && ImageProfile::in_baseline(s.first_seen, learned_at)
-            })
-            .map(|(_, _, s)| s)
+        category
+            .kinds()
+            .iter()
+            .filter_map(|kind| profile.items.get(*kind))
+            .flat_map(|keys| keys.values())
+            .filter(move |s| ImageProfile::in_baseline(s.first_seen, learned_at))
     };
     let newest = items().map(|s| s.first_seen).max();
     let stability = match (newest, observed) {

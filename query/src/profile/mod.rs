@@ -46,6 +46,16 @@ impl Category {
         })
     }
 
+    /// The item kinds of the category (the inverse of [`of_kind`](Self::of_kind)).
+    pub fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Category::Network => &["tcp_in", "tcp_out", "udp_in", "udp_out"],
+            Category::Processes => &["process"],
+            Category::Files => &["file_read", "file_write", "dir_read", "dir_write"],
+            Category::Syscalls => &["syscall"],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Category::Network => "network",
@@ -450,6 +460,17 @@ mod tests {
             p.completeness.reasons(),
             vec!["dropped_events", "started_after_container"]
         );
+    }
+
+    #[test]
+    fn category_kinds_are_the_inverse_of_of_kind() {
+        for c in Category::ALL {
+            for kind in c.kinds() {
+                assert_eq!(Category::of_kind(kind), Some(c));
+            }
+        }
+        let all: usize = Category::ALL.iter().map(|c| c.kinds().len()).sum();
+        assert_eq!(all, imprint_proto::ingest_v1::ItemKind::ALL.len());
     }
 
     #[test]

@@ -111,7 +111,11 @@ impl Evaluator {
             .filter(|p| p.enabled)
             .cloned()
             .collect();
-        self.names = self.policies.iter().map(|p| Arc::from(p.name.as_str())).collect();
+        self.names = self
+            .policies
+            .iter()
+            .map(|p| Arc::from(p.name.as_str()))
+            .collect();
         self.images.clear();
     }
 
@@ -196,7 +200,10 @@ impl Evaluator {
                 if conf.level < policy.min_confidence {
                     continue;
                 }
-                match per_policy.iter_mut().find(|(name, _)| **name == *policy.name) {
+                match per_policy
+                    .iter_mut()
+                    .find(|(name, _)| **name == *policy.name)
+                {
                     Some(entry) => entry.1 = t,
                     None => per_policy.push((self.names[pi].clone(), t)),
                 }

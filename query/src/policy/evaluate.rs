@@ -148,12 +148,6 @@ impl Evaluator {
         (!w.policies.is_empty()).then_some(w.learning_period)
     }
 
-    /// When `profile` (with `fp` added) is done learning, the moment it was: items
-    /// first seen at or after it are outside the baseline.
-    pub fn learned_at(profile: &ImageProfile, learning_period: i64) -> Option<i64> {
-        profile.observed.moment_reaching(learning_period.max(0))
-    }
-
     /// The anomalies of `fp`, whose items at positions `outside` are outside the
     /// baseline of `profile` (which already includes `fp`). Call after
     /// [`watch`](Self::watch) said the image is watched.
@@ -389,7 +383,7 @@ mod tests {
             &fp.container_id,
             (fp.window_start_unix_micros, fp.window_end_unix_micros),
             WindowFacts::default(),
-            |p| period.and_then(|l| Evaluator::learned_at(p, l)),
+            |p| period.and_then(|l| p.learned_at(l)),
             fp.items.iter().map(|i| {
                 let kind = ItemKind::try_from(i.kind).unwrap().sql_name();
                 (kind, i.key.as_str(), i.count)

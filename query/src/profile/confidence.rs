@@ -70,9 +70,7 @@ pub fn confidence(
     learning_period_micros: i64,
 ) -> Confidence {
     let observed = profile.observed.total();
-    let learned_at = profile
-        .observed
-        .moment_reaching(learning_period_micros.max(0));
+    let learned_at = profile.learned_at(learning_period_micros);
     // Only the category's own kinds are visited, not every item of the profile.
     let items = || {
         category

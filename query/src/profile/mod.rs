@@ -333,9 +333,15 @@ impl ImageProfile {
         self.items.get(kind)?.get(key)
     }
 
+    /// When the profile was done learning for a learning period (µs), if it is:
+    /// the moment its observed time reached the period.
+    pub fn learned_at(&self, learning_period_micros: i64) -> Option<i64> {
+        self.observed.moment_reaching(learning_period_micros.max(0))
+    }
+
     /// The learning state for a learning period (µs).
     pub fn status(&self, learning_period_micros: i64) -> ProfileStatus {
-        let learned_at = self.observed.moment_reaching(learning_period_micros.max(0));
+        let learned_at = self.learned_at(learning_period_micros);
         let observed = self.observed.total();
         let confidence = Category::ALL.map(|c| (c, confidence(self, c, learning_period_micros)));
         ProfileStatus {

@@ -156,7 +156,7 @@ fn profiles_batch(profiles: &[(String, i64, ImageProfile)]) -> DfResult<RecordBa
     );
     let mut baseline = BooleanBuilder::new();
     for (digest, period, p) in profiles {
-        let learned_at = p.observed.moment_reaching(*period);
+        let learned_at = p.learned_at(*period);
         for (k, v, s) in p.iter_items() {
             image.append_value(digest);
             name.append_value(&p.image_name);

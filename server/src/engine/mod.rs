@@ -224,7 +224,7 @@ fn observe(
             capture_paused: c.capture_paused,
             started_after_container: c.started_after_container,
         },
-        |p| watched.and_then(|period| Evaluator::learned_at(p, period)),
+        |p| watched.and_then(|period| p.learned_at(period)),
         fp.items.iter().map(|i| {
             let kind = ItemKind::try_from(i.kind).unwrap_or(ItemKind::Unspecified);
             (kind.sql_name(), i.key.as_str(), i.count)

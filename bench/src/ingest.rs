@@ -168,11 +168,57 @@ impl Server {
         }
     }
 
+    /// CPU seconds (user + system) the server has used so far: the whole process,
+    /// and its WAL writer thread alone (where ingest is applied to the profiles
+    /// and policies are evaluated). Linux `/proc`; clock ticks are 1/100 s there.
+    pub fn cpu_seconds(&self) -> CpuSeconds {
+        let pid = self.child.id();
+        let ticks = |stat: &str| -> f64 {
+            // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (n(11) + n(12)) / 100.0
+        };
+        let process = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| ticks(&s))
+            .unwrap_or(0.0);
+        let writer = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("imprint-wal-wri"))
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .map(|s| ticks(&s))
+            .sum();
+        CpuSeconds { process, writer }
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// See [`Server::cpu_seconds`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CpuSeconds {
+    pub process: f64,
+    pub writer: f64,
+}
+
+impl std::ops::Sub for CpuSeconds {
+    type Output = CpuSeconds;
+    fn sub(self, earlier: CpuSeconds) -> CpuSeconds {
+        CpuSeconds {
+            process: self.process - earlier.process,
+            writer: self.writer - earlier.writer,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 #   - LLVM 22 (apt: llvm-22-dev), the LLVM the nightly rustc here uses
 #   - the nightly toolchain with rust-src (aya-build runs `-Z build-std=core`)
 #   - bpf-linker 0.13.0 linked against LLVM 22
-#   - podman + runc (real containers for the agent tests), strace (the oracle)
+#   - podman + runc and containerd (real containers for the agent tests), strace (the oracle)
 # Run as root (apt). Safe to run again: each step checks first.
 set -euo pipefail
 
@@ -22,7 +22,7 @@ apt_install() {
   fi
 }
 
-apt_install llvm-22-dev podman runc slirp4netns iptables strace debootstrap curl
+apt_install llvm-22-dev podman runc containerd slirp4netns iptables strace debootstrap curl
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   say "rustup toolchain install nightly"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use imprint_agent::attribution::{Attributor, StaticMapping, cgroups};
+use imprint_agent::attribution::{Attributor, RuntimeSockets, StaticMapping, cgroups};
 use imprint_agent::capture::{Capture, CaptureConfig, Control};
 use imprint_agent::metrics::{self, Metrics};
 use imprint_agent::shipper::{Shipper, ShipperConfig};
@@ -77,6 +77,13 @@ struct Args {
         default_values = ["/run/podman/podman.sock", "/var/run/docker.sock"]
     )]
     runtime_sockets: Vec<PathBuf>,
+    /// containerd API sockets (gRPC), asked for containers the Docker-compatible APIs do not
+    /// know: `ctr`/nerdctl containers (cgroup `/<namespace>/<id>`) and Kubernetes' (CRI).
+    #[arg(
+        long = "containerd-socket",
+        default_values = ["/run/containerd/containerd.sock"]
+    )]
+    containerd_sockets: Vec<PathBuf>,
     /// Capture while the server has not said otherwise (`profiling.enabled` then rules).
     #[arg(long, env = "IMPRINT_PROFILING", default_value_t = true, action = clap::ArgAction::Set)]
     profiling: bool,
@@ -147,7 +154,10 @@ fn run(args: Args) -> Result<(), String> {
     let attributor = Attributor::start(
         index,
         args.cgroup_images.clone(),
-        args.runtime_sockets.clone(),
+        RuntimeSockets {
+            docker_api: args.runtime_sockets.clone(),
+            containerd: args.containerd_sockets.clone(),
+        },
         Some(resolved_tx),
     );
     let (fingerprints_tx, fingerprints_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -154,6 +154,10 @@ impl Agent {
             metrics_addr.clone(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // A test asks only the runtimes it started: never a containerd the machine may run.
+        if !extra.contains(&"--containerd-socket") {
+            args.extend(["--containerd-socket".into(), "/nonexistent".into()]);
+        }
         let mut agent = Agent {
             child: None,
             metrics_addr,
@@ -350,6 +354,83 @@ impl PodmanService {
 }
 
 impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A containerd of the test's own (its root, state and socket in a temporary directory, the
+/// CRI plugin off), driven with `ctr`. Debian's `containerd` package; runc runs the containers.
+#[derive(Debug)]
+pub struct ContainerdService {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl ContainerdService {
+    pub fn start(dir: &Path) -> ContainerdService {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n",
+                root = dir.join("containerd-root").display(),
+                state = dir.join("containerd-state").display(),
+                socket = socket.display(),
+            ),
+        )
+        .expect("write containerd config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (is the containerd package installed?)");
+        let mut service = ContainerdService { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !service.ctr("imprint", &["version"]).status.success() {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                panic!(
+                    "containerd exited with {status}: {}",
+                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        service
+    }
+
+    /// `ctr --address <socket> --namespace <namespace> <args>`.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Like [`ctr`](Self::ctr), failing the test with ctr's stderr unless it succeeds.
+    pub fn ctr_ok(&self, namespace: &str, args: &[&str]) -> String {
+        let output = self.ctr(namespace, args);
+        assert!(
+            output.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for ContainerdService {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

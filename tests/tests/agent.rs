@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use imprint_e2e::agent::{
-    Agent, PodmanService, StraceOracle, TestCgroup, agent_token_file, podman, recall, require_ebpf,
-    test_digest, workload_image,
+    Agent, ContainerdService, PodmanService, StraceOracle, TestCgroup, agent_token_file, podman,
+    recall, require_ebpf, test_digest, workload_image,
 };
 use imprint_e2e::{Imprintd, rows_as_text, workspace_root};
 use imprint_proto::admin_v1::{SetSettingRequest, admin_client::AdminClient};
@@ -327,6 +327,95 @@ async fn podman_containers_are_attributed_to_their_image_and_nothing_else() {
         images,
         vec![format!("{image}|localhost/imprint-workload:1")],
         "both containers, one image"
+    );
+}
+
+/// A container `ctr` runs (containerd without Docker or podman: cgroup `/<namespace>/<id>`, no
+/// container id a runtime prefix names) is attributed through containerd's own gRPC API, to the
+/// same image id podman gives the same image: one image, one profile, whichever runtime ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_containers_are_attributed_through_its_api() {
+    let Some(()) = require_ebpf("agent: containerd attribution") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = workload_image();
+    let name = "localhost/imprint-workload:1";
+    let containerd = ContainerdService::start(dir.path());
+    // The podman-built image, moved into containerd as an OCI archive.
+    let archive = dir.path().join("workload.tar");
+    let saved = podman()
+        .args(["save", "--format", "oci-archive", "-o"])
+        .arg(&archive)
+        .arg(name)
+        .output()
+        .expect("podman save");
+    assert!(
+        saved.status.success(),
+        "podman save: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let archive_arg = archive.display().to_string();
+    // Named by the archive's `org.opencontainers.image.ref.name` annotation.
+    containerd.ctr_ok("imprint", &["images", "import", &archive_arg]);
+    let listed = containerd.ctr_ok("imprint", &["images", "ls", "-q"]);
+    assert!(
+        listed.lines().any(|l| l.trim() == name),
+        "containerd has the image: {listed}"
+    );
+
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let token = agent_token_file(&server, dir.path()).await;
+    let socket = containerd.socket.display().to_string();
+    let mut agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir.path(),
+        "node-c",
+        &[
+            "--window",
+            "1s",
+            "--runtime-socket",
+            "/nonexistent",
+            "--containerd-socket",
+            &socket,
+            "--log",
+            "info,imprint_agent::attribution=debug",
+        ],
+    );
+    let pid = std::process::id();
+    let marker = format!("ctrd-{pid}");
+    let id = format!("imprint-ctr-{pid}");
+    // Foreground: ctr returns when the workload has ended (its loopback-only network
+    // namespace is like podman's `--network none`). Removed only after the agent is done.
+    containerd.ctr_ok("imprint", &["run", name, &id, "/workload.sh", &marker]);
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+    containerd.ctr_ok("imprint", &["containers", "rm", &id]);
+    let log = std::fs::read_to_string(dir.path().join("agent-node-c.log")).unwrap_or_default();
+
+    let got = items(&server, &format!("container_id = '{id}'")).await;
+    assert_workload_items(
+        &got,
+        &marker,
+        &format!("containerd container; agent log:\n{log}"),
+    );
+    let images = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT DISTINCT image, image_name FROM windows WHERE container_id = '{id}'"
+            ))
+            .await,
+    );
+    assert_eq!(
+        images,
+        vec![format!("{image}|{name}")],
+        "containerd's config digest is podman's image id"
+    );
+    assert!(
+        log.contains("source=\"containerd\"") || log.contains("source=containerd"),
+        "resolved through containerd: {log}"
     );
 }
 

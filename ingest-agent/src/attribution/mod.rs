@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod container_id;
+pub mod containerd;
 pub mod runtime_api;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -81,10 +82,21 @@ struct Resolver {
     index: CgroupIndex,
     mappings: Vec<StaticMapping>,
     sockets: Vec<PathBuf>,
+    /// containerd's own API, one client per socket (connected when first needed).
+    containerd: Vec<containerd::Containerd>,
     preexisting: HashSet<u64>,
     cache: Arc<Mutex<HashMap<u64, Attribution>>>,
     /// Told of every container resolved (for the runtime scanner).
     resolved: Option<std::sync::mpsc::Sender<Resolved>>,
+}
+
+/// Where the agent asks runtimes about containers.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeSockets {
+    /// Docker-compatible REST API sockets (Docker, `podman system service`), in order.
+    pub docker_api: Vec<PathBuf>,
+    /// containerd gRPC sockets, in order.
+    pub containerd: Vec<PathBuf>,
 }
 
 /// A container just resolved: where its cgroup is, and its image.
@@ -101,16 +113,28 @@ impl Attributor {
     pub fn start(
         index: CgroupIndex,
         mappings: Vec<StaticMapping>,
-        sockets: Vec<PathBuf>,
+        sockets: RuntimeSockets,
         resolved: Option<std::sync::mpsc::Sender<Resolved>>,
     ) -> Attributor {
+        let containerd = sockets
+            .containerd
+            .iter()
+            .filter_map(|socket| match containerd::Containerd::new(socket) {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    tracing::warn!(socket = %socket.display(), %error, "no containerd client");
+                    None
+                }
+            })
+            .collect();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let (requests, receiver) = channel();
         let resolver = Resolver {
             preexisting: index.ids().collect(),
             index,
             mappings,
-            sockets,
+            sockets: sockets.docker_api,
+            containerd,
             cache: cache.clone(),
             resolved,
         };
@@ -221,32 +245,104 @@ impl Resolver {
             self.found(cgroup, &path, container);
             return true;
         }
-        let Some((runtime, id)) = container_id::parse(&path) else {
-            self.cache.lock().insert(cgroup, Attribution::NotContainer);
-            return true;
-        };
-        for socket in &self.sockets {
-            if !socket.exists() {
-                continue;
-            }
-            match runtime_api::inspect(socket, &id) {
-                Ok(found) => {
-                    let container = Container {
-                        id: id.clone(),
-                        image: found.image,
-                        image_name: found.image_name,
-                        started_before_agent,
-                        source: runtime.name(),
-                    };
-                    tracing::info!(cgroup, path, container = %id, image = %container.image, name = %container.image_name, "container resolved");
-                    self.found(cgroup, &path, container);
-                    return true;
+        let parsed = container_id::parse(&path);
+        if let Some((runtime, id)) = &parsed {
+            for socket in &self.sockets {
+                if !socket.exists() {
+                    continue;
                 }
-                Err(error) => tracing::debug!(%error, "runtime API lookup failed"),
+                match runtime_api::inspect(socket, id) {
+                    Ok(found) => {
+                        self.resolved_as(cgroup, &path, id, found, runtime.name());
+                        return true;
+                    }
+                    Err(error) => tracing::debug!(%error, "runtime API lookup failed"),
+                }
             }
         }
-        false
+        match self.ask_containerd(&path, parsed.as_ref().map(|(_, id)| id.as_str())) {
+            Containerd::Found(id, found) => {
+                self.resolved_as(cgroup, &path, &id, found, "containerd");
+                true
+            }
+            // Neither a container id in the path nor a containerd namespace: a host cgroup.
+            Containerd::NotAsked if parsed.is_none() => {
+                self.cache.lock().insert(cgroup, Attribution::NotContainer);
+                true
+            }
+            // A container no runtime knows yet (still being created), or a runtime that is away.
+            Containerd::NotAsked | Containerd::NotFound | Containerd::Unreachable => false,
+        }
     }
+
+    fn resolved_as(
+        &mut self,
+        cgroup: u64,
+        path: &str,
+        id: &str,
+        found: runtime_api::ContainerImage,
+        source: &'static str,
+    ) {
+        let container = Container {
+            id: id.to_string(),
+            image: found.image,
+            image_name: found.image_name,
+            started_before_agent: self.preexisting.contains(&cgroup),
+            source,
+        };
+        tracing::info!(cgroup, path, container = %id, image = %container.image, name = %container.image_name, source, "container resolved");
+        self.found(cgroup, path, container);
+    }
+
+    /// Asks each containerd socket about the containers `path` can name there.
+    fn ask_containerd(&self, path: &str, cri_id: Option<&str>) -> Containerd {
+        let mut answer = Containerd::NotAsked;
+        if cri_id.is_none() && !containerd::may_name_a_container(path) {
+            return answer;
+        }
+        for client in &self.containerd {
+            if !client.socket().exists() {
+                continue;
+            }
+            let namespaces = match client.namespaces() {
+                Ok(namespaces) => namespaces,
+                Err(error) => {
+                    tracing::debug!(%error, "containerd unreachable");
+                    answer = Containerd::Unreachable;
+                    continue;
+                }
+            };
+            let candidates = containerd::candidates(path, &namespaces, cri_id);
+            tracing::debug!(path, ?namespaces, ?candidates, "asking containerd");
+            for (namespace, id) in candidates {
+                match client.inspect(&namespace, &id) {
+                    Ok(found) => return Containerd::Found(id, found),
+                    Err(runtime_api::ApiError::NotFound { .. }) => {
+                        tracing::debug!(namespace, id, "containerd has no such container (yet)");
+                        if matches!(answer, Containerd::NotAsked) {
+                            answer = Containerd::NotFound;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "containerd lookup failed");
+                        answer = Containerd::Unreachable;
+                    }
+                }
+            }
+        }
+        answer
+    }
+}
+
+/// What containerd said of a cgroup.
+enum Containerd {
+    Found(String, runtime_api::ContainerImage),
+    /// The path names nothing containerd could have (or no containerd runs).
+    NotAsked,
+    /// The path is in a containerd namespace (or has a CRI id), but no such container yet.
+    NotFound,
+    /// A containerd could not be asked, or failed: try again later.
+    Unreachable,
 }
 
 #[cfg(test)]

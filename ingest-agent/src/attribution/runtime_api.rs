@@ -72,7 +72,7 @@ pub fn inspect(socket: &Path, id: &str) -> Result<ContainerImage, ApiError> {
 }
 
 /// `sha256:<hex>` or a bare 64-hex id → `sha256:<hex>`.
-fn normalise_image_id(image: &str) -> Option<String> {
+pub(crate) fn normalise_image_id(image: &str) -> Option<String> {
     let hex = image
         .strip_prefix("sha256:")
         .unwrap_or(image)

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use imprint_query::policy::Anomaly;
 use imprint_query::settings::{self, ALERTS_WEBHOOK_URL};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
 use super::{AlertStats, to_json};
@@ -136,15 +136,31 @@ pub async fn run(
         tokio::select! {
             next = rx.recv() => match next {
                 Ok(a) => {
+                    // Everything already waiting comes along, so the setting (under the
+                    // engine's lock, which the writer also takes) is read once per burst, not
+                    // once per anomaly.
+                    let mut burst = vec![a];
+                    while burst.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(a) => burst.push(a),
+                            Err(TryRecvError::Lagged(n)) => {
+                                warn!(missed = n, "the anomaly webhook fell behind; anomalies not sent (they are in the anomalies table)");
+                                drop_n(n);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     // The setting as of now: `url` is from before the wait.
                     if webhook_url(&engine).is_empty() {
                         continue;
                     }
-                    if queue.len() >= MAX_QUEUE {
-                        queue.pop_front();
-                        drop_n(1);
+                    for a in burst {
+                        if queue.len() >= MAX_QUEUE {
+                            queue.pop_front();
+                            drop_n(1);
+                        }
+                        queue.push_back(a);
                     }
-                    queue.push_back(a);
                 }
                 Err(RecvError::Lagged(n)) => {
                     warn!(missed = n, "the anomaly webhook fell behind; anomalies not sent (they are in the anomalies table)");

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_PERSIST_AGE", default_value = "5m", value_parser = parse_duration)]
     pub persist_age: Duration,
 
+    /// An image's profile summaries (one per hour partition and persist) are merged
+    /// into one when it has this many, so start-up time and the catalog grow with
+    /// the images, not with time.
+    #[arg(long, env = "IMPRINT_SUMMARY_ROLLUP_PARTS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(2..))]
+    pub summary_rollup_parts: u32,
+
     /// The WAL starts a new segment file at this size.
     #[arg(long, env = "IMPRINT_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_segment_bytes: u64,

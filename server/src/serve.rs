@@ -86,6 +86,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         std::time::Duration::from_secs(1),
     );
     config.wal_segment_bytes = args.wal_segment_bytes;
+    config.summary_rollup_parts = args.summary_rollup_parts as usize;
     let engine = Engine::open(object_store, config.clone()).await?;
 
     let auth = Auth::new(engine.clone(), !args.insecure_no_auth);

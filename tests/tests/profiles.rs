@@ -20,6 +20,23 @@ async fn profile_tables(server: &imprint_e2e::Imprintd) -> Vec<String> {
     rows
 }
 
+/// Profile summary objects under `dir`.
+fn summary_objects(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".json.zst") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// The live profiles (kept current at ingest) equal the ones rebuilt at start from
 /// summaries + WAL after kill -9, and the ones aggregated from the raw Parquet rows
 /// when the summaries are gone (a store written before summaries existed, or a
@@ -55,6 +72,32 @@ async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
     assert!(
         log.contains("profiles computed from stored data"),
         "no rebuild line in the log:\n{log}"
+    );
+
+    // Roll the summaries up (from two per image here; 24 by default): the server
+    // restarted from the merged summaries has the same profiles, from fewer objects.
+    assert!(server.terminate().success());
+    let before = summary_objects(&data.join("profiles"));
+    server.restart_with_env(&[("IMPRINT_SUMMARY_ROLLUP_PARTS", "2")]);
+    assert!(
+        server
+            .log_text()
+            .contains("profile summaries rolled up into one"),
+        "no rollup in the log:\n{}",
+        server.log_text()
+    );
+    assert_eq!(profile_tables(&server).await, live, "after rolling up");
+    server.kill9();
+    server.restart();
+    let after = summary_objects(&data.join("profiles"));
+    assert!(
+        (3..before).contains(&after),
+        "{before} summaries before the rollup, {after} after (3 images)"
+    );
+    assert_eq!(
+        profile_tables(&server).await,
+        live,
+        "started from the rolled-up summaries"
     );
 
     // A graceful stop persists everything; an embedded reader of the store sees the

@@ -103,6 +103,10 @@ pub struct Commit {
     /// Profile summaries that became live (with the files they summarise).
     #[serde(default)]
     pub add_summaries: Vec<SummaryEntry>,
+    /// Paths of profile summaries no longer live (rolled up into one of
+    /// `add_summaries`). Applied before `add_summaries`.
+    #[serde(default)]
+    pub remove_summaries: Vec<String>,
     /// Profile resets: image → the moment its profile starts again (µs).
     #[serde(default)]
     pub profile_resets: BTreeMap<String, i64>,
@@ -189,6 +193,9 @@ impl CatalogState {
         }
         for (k, v) in &commit.settings {
             self.settings.insert(k.clone(), v.clone());
+        }
+        for path in &commit.remove_summaries {
+            self.summaries.remove(path);
         }
         for s in &commit.add_summaries {
             self.summaries.insert(s.path.clone(), s.clone());

@@ -15,7 +15,7 @@ use arrow::datatypes::UInt64Type;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use tracing::warn;
 
 use super::{ImageProfile, WindowFacts, summary};
@@ -45,14 +45,7 @@ pub async fn from_store(
     let fetched: Vec<(&SummaryEntry, Result<summary::SummaryFile>)> =
         futures::stream::iter(entries.into_iter().map(|e| {
             let store = store.clone();
-            async move {
-                let file = async {
-                    let bytes = store.get(&e.path.as_str().into()).await?.bytes().await?;
-                    summary::decode(&bytes)
-                }
-                .await;
-                (e, file)
-            }
+            async move { (e, summary::read(store.as_ref(), &e.path).await) }
         }))
         .buffered(16)
         .collect()

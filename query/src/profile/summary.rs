@@ -15,7 +15,10 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use serde::{Deserialize, Serialize};
 
+use std::collections::{BTreeMap, HashSet};
+
 use super::{ImageProfile, WindowFacts};
+use crate::catalog::{CatalogState, SummaryEntry};
 use crate::schema::{StoredTable, conform};
 use crate::{Error, Result};
 
@@ -41,6 +44,13 @@ pub fn encode(image: &str, hour: i64, profile: &ImageProfile) -> Result<Vec<u8>>
     };
     let json = serde_json::to_vec(&file).map_err(|e| Error::Summary(e.to_string()))?;
     zstd::bulk::compress(&json, 3).map_err(|e| Error::Summary(format!("compressing: {e}")))
+}
+
+/// Reads and decodes the summary object at `path`.
+pub async fn read(store: &dyn object_store::ObjectStore, path: &str) -> Result<SummaryFile> {
+    use object_store::ObjectStoreExt;
+    let bytes = store.get(&path.into()).await?.bytes().await?;
+    decode(&bytes)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<SummaryFile> {
@@ -133,11 +143,167 @@ pub fn from_rows(
     Ok(profile)
 }
 
+/// Summaries to merge into one: every persist writes a summary per partition, so
+/// an image gathers one per hour and persist; merging them (exactly, as start-up
+/// would) keeps start-up time and the catalog in proportion to images, not time.
+#[derive(Debug, PartialEq)]
+pub struct Rollup<'a> {
+    pub image: String,
+    /// In the order start-up merges them (hour, first window, path).
+    pub parts: Vec<&'a SummaryEntry>,
+}
+
+impl Rollup<'_> {
+    /// The entry of the merged summary stored at `path` (`bytes` long): it covers
+    /// what its parts covered, less the raw files retention has deleted since.
+    pub fn entry(&self, state: &CatalogState, path: String, bytes: u64) -> SummaryEntry {
+        let live: HashSet<&str> = state.files.keys().map(String::as_str).collect();
+        let mut files: Vec<String> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.files.iter())
+            .filter(|f| live.contains(f.as_str()))
+            .cloned()
+            .collect();
+        files.sort();
+        files.dedup();
+        SummaryEntry {
+            path,
+            image: self.image.clone(),
+            hour: self.hour(),
+            first_window: self
+                .parts
+                .iter()
+                .map(|p| p.first_window)
+                .min()
+                .unwrap_or(i64::MIN),
+            last_window: self
+                .parts
+                .iter()
+                .map(|p| p.last_window)
+                .max()
+                .unwrap_or(i64::MIN),
+            files,
+            bytes,
+        }
+    }
+
+    /// The partition the merged summary is filed under: its parts' latest hour.
+    pub fn hour(&self) -> i64 {
+        self.parts.iter().map(|p| p.hour).max().unwrap_or(0)
+    }
+}
+
+/// The rollups due in `state`: per image, the summaries from its last reset on,
+/// and apart from them those before it (start-up skips those, but their file
+/// lists still tell retention which raw files a summary covers), each group when
+/// it has at least `min_parts` summaries.
+pub fn plan_rollups(state: &CatalogState, min_parts: usize) -> Vec<Rollup<'_>> {
+    let mut groups: BTreeMap<(&str, bool), Vec<&SummaryEntry>> = BTreeMap::new();
+    for s in state.summaries.values() {
+        let before_reset = s.first_window < state.profile_reset(&s.image);
+        groups
+            .entry((s.image.as_str(), before_reset))
+            .or_default()
+            .push(s);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, parts)| parts.len() >= min_parts.max(2))
+        .map(|((image, _), mut parts)| {
+            parts.sort_by(|a, b| {
+                (a.hour, a.first_window, &a.path).cmp(&(b.hour, b.first_window, &b.path))
+            });
+            Rollup {
+                image: image.to_string(),
+                parts,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const S: i64 = 1_000_000;
+
+    fn entry(image: &str, hour: i64, first: i64, files: &[&str]) -> SummaryEntry {
+        SummaryEntry {
+            path: format!("profiles/{image}/{hour}-{first}.json.zst"),
+            image: image.into(),
+            hour,
+            first_window: first,
+            last_window: first + 30 * S,
+            files: files.iter().map(|f| f.to_string()).collect(),
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn rollups_group_by_image_and_reset_and_keep_live_files() {
+        let mut state = CatalogState::default();
+        let h = 3600 * S;
+        for (image, hour, first, files) in [
+            ("a", 0, 0, vec!["f1", "w1"]),
+            ("a", h, h, vec!["f2", "w2"]),
+            ("a", 2 * h, 2 * h, vec!["f3"]),
+            ("b", 0, 10, vec!["f4"]),
+            ("c", 0, 0, vec!["f5"]),
+            ("c", h, h, vec!["f6"]),
+            ("c", 5 * h, 5 * h, vec!["f7"]),
+            ("c", 6 * h, 6 * h, vec!["f8"]),
+        ] {
+            let e = entry(image, hour, first, &files);
+            state.summaries.insert(e.path.clone(), e);
+        }
+        // c was reset at 4 h: two summaries before, two after.
+        state.profile_resets.insert("c".into(), 4 * h);
+        // Retention deleted f1 (and w1 was never a live file here).
+        for f in ["f2", "w2", "f3", "f5", "f6", "f7", "f8"] {
+            state.files.insert(f.into(), live_file(f));
+        }
+        let plans = plan_rollups(&state, 2);
+        let got: Vec<(&str, Vec<i64>)> = plans
+            .iter()
+            .map(|r| {
+                (
+                    r.image.as_str(),
+                    r.parts.iter().map(|p| p.hour / h).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a", vec![0, 1, 2]), ("c", vec![5, 6]), ("c", vec![0, 1])],
+            "b has one summary; c's two eras apart"
+        );
+        let a = plans[0].entry(&state, "profiles/a/rollup.json.zst".into(), 99);
+        assert_eq!(a.files, vec!["f2", "f3", "w2"]);
+        assert_eq!(
+            (a.hour, a.first_window, a.last_window),
+            (2 * h, 0, 2 * h + 30 * S)
+        );
+        // The era before c's reset stays before it; the one after stays after.
+        let after = plans[1].entry(&state, "x".into(), 1);
+        let before = plans[2].entry(&state, "y".into(), 1);
+        assert!(after.first_window >= state.profile_reset("c"));
+        assert!(before.first_window < state.profile_reset("c"));
+        assert!(plan_rollups(&state, 3).iter().all(|r| r.image == "a"));
+    }
+
+    fn live_file(path: &str) -> crate::catalog::FileEntry {
+        crate::catalog::FileEntry {
+            path: path.into(),
+            table: StoredTable::Fingerprints,
+            image: String::new(),
+            hour: 0,
+            min_time: 0,
+            max_time: 0,
+            rows: 1,
+            bytes: 1,
+        }
+    }
 
     fn window(p: &mut ImageProfile, c: &str, node: &str, w: i64, items: &[&str]) {
         p.apply(

@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub persist_age: Duration,
     /// How often the persister looks for due partitions.
     pub persist_check_interval: Duration,
+    /// An image's profile summaries are merged into one when it has this many.
+    pub summary_rollup_parts: usize,
 }
 
 impl EngineConfig {
@@ -81,6 +83,7 @@ impl EngineConfig {
             persist_partition_bytes: 64 << 20,
             persist_age: Duration::from_secs(300),
             persist_check_interval: Duration::from_secs(1),
+            summary_rollup_parts: 24,
         }
     }
 }
@@ -421,6 +424,9 @@ impl Engine {
             meta_changed: tokio::sync::watch::Sender::new(0),
         });
         engine.apply_retention().await?;
+        if let Err(e) = engine.roll_up_summaries().await {
+            warn!(error = %e, "rolling up profile summaries failed; retrying later");
+        }
         Ok(engine)
     }
 
@@ -710,6 +716,65 @@ impl Engine {
         Ok(expired.len())
     }
 
+    /// Merges each image's profile summaries into one once it has
+    /// `summary_rollup_parts` of them (see [`summary::plan_rollups`]), so start-up
+    /// and the catalog grow with the images, not with time. The merged summary is
+    /// written and committed before its parts are deleted: a crash in between
+    /// leaves unreferenced objects, never a profile short of a part. A part that
+    /// cannot be read keeps its group as it is (start-up then reads its raw
+    /// files). Returns the number of summaries merged away.
+    pub async fn roll_up_summaries(&self) -> Result<usize, EngineError> {
+        let _no_persist = self.persist_lock.lock().await;
+        let state = self.catalog_state();
+        let mut merged_away = 0;
+        for rollup in summary::plan_rollups(&state, self.config.summary_rollup_parts) {
+            let mut profile = ImageProfile::default();
+            let mut readable = true;
+            for part in &rollup.parts {
+                match summary::read(self.object_store.as_ref(), &part.path).await {
+                    Ok(file) => profile.merge(&file.profile),
+                    Err(e) => {
+                        warn!(summary = %part.path, error = %e, "profile summary unreadable; its image's summaries are not rolled up");
+                        readable = false;
+                        break;
+                    }
+                }
+            }
+            if !readable {
+                continue;
+            }
+            let hour = rollup.hour();
+            let image = rollup.image.clone();
+            let bytes =
+                tokio::task::spawn_blocking(move || summary::encode(&image, hour, &profile))
+                    .await??;
+            let key = PartitionKey {
+                image: rollup.image.clone(),
+                hour,
+            };
+            let path = key.new_summary_path(&uuid::Uuid::new_v4().to_string());
+            let entry = rollup.entry(&state, path.to_string(), bytes.len() as u64);
+            self.object_store
+                .put(&path, PutPayload::from(bytes))
+                .await?;
+            let parts: Vec<String> = rollup.parts.iter().map(|p| p.path.clone()).collect();
+            self.commit_meta(Commit {
+                add_summaries: vec![entry],
+                remove_summaries: parts.clone(),
+                ..Default::default()
+            })
+            .await?;
+            for part in &parts {
+                if let Err(e) = self.object_store.delete(&part.as_str().into()).await {
+                    warn!(path = %part, error = %e, "deleting a rolled-up summary failed; it is no longer referenced");
+                }
+            }
+            info!(image = %rollup.image, summaries = parts.len(), "profile summaries rolled up into one");
+            merged_away += parts.len();
+        }
+        Ok(merged_away)
+    }
+
     pub fn stats(&self) -> EngineStats {
         let live = self.shared.live.read();
         EngineStats {
@@ -879,6 +944,9 @@ impl Engine {
                 last_retention = std::time::Instant::now();
                 if let Err(e) = self.apply_retention().await {
                     error!(error = %e, "applying retention failed; retrying later");
+                }
+                if let Err(e) = self.roll_up_summaries().await {
+                    error!(error = %e, "rolling up profile summaries failed; retrying later");
                 }
             }
         }

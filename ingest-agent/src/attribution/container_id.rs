@@ -5,6 +5,7 @@
 //! | podman / libpod | `/libpod_parent/libpod-<id>`, `/machine.slice/libpod-<id>.scope` |
 //! | Docker | `/docker/<id>`, `/system.slice/docker-<id>.scope` |
 //! | containerd (CRI) | `/kubepods/…/<id>`, `/kubepods.slice/…/cri-containerd-<id>.scope` |
+//! | containerd (nerdctl) | `/<namespace>/<id>` (see `containerd.rs`), `/system.slice/nerdctl-<id>.scope` |
 //! | CRI-O | `/kubepods/…/crio-<id>`, `…/crio-<id>.scope` |
 //!
 //! `<id>` is 64 lowercase hex characters. conmon's own cgroups (`libpod-conmon-…`,
@@ -51,10 +52,11 @@ fn parse_component(component: &str) -> Option<(Runtime, String)> {
     if name.contains("conmon") {
         return None;
     }
-    const PREFIXES: [(&str, Runtime); 4] = [
+    const PREFIXES: [(&str, Runtime); 5] = [
         ("libpod-", Runtime::Podman),
         ("docker-", Runtime::Docker),
         ("cri-containerd-", Runtime::Containerd),
+        ("nerdctl-", Runtime::Containerd),
         ("crio-", Runtime::CriO),
     ];
     for (prefix, runtime) in PREFIXES {
@@ -86,6 +88,10 @@ mod tests {
                 format!(
                     "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
                 ),
+                Runtime::Containerd,
+            ),
+            (
+                format!("/system.slice/nerdctl-{ID}.scope"),
                 Runtime::Containerd,
             ),
             (

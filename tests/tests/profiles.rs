@@ -79,13 +79,19 @@ async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
     assert!(server.terminate().success());
     let before = summary_objects(&data.join("profiles"));
     server.restart_with_env(&[("IMPRINT_SUMMARY_ROLLUP_PARTS", "2")]);
-    assert!(
-        server
-            .log_text()
-            .contains("profile summaries rolled up into one"),
-        "no rollup in the log:\n{}",
-        server.log_text()
-    );
+    // In the background, soon after start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !server
+        .log_text()
+        .contains("profile summaries rolled up into one")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rollup in the log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(profile_tables(&server).await, live, "after rolling up");
     server.kill9();
     server.restart();

@@ -424,9 +424,6 @@ impl Engine {
             meta_changed: tokio::sync::watch::Sender::new(0),
         });
         engine.apply_retention().await?;
-        if let Err(e) = engine.roll_up_summaries().await {
-            warn!(error = %e, "rolling up profile summaries failed; retrying later");
-        }
         Ok(engine)
     }
 
@@ -931,6 +928,9 @@ impl Engine {
     /// Runs the persister until `shutdown` fires.
     pub async fn run_persister(self: Arc<Self>, shutdown: Arc<Notify>) {
         let mut last_retention = std::time::Instant::now();
+        // Rolled up in the background soon after start (not before serving: a store
+        // with many summaries would start that much later), then with retention.
+        let mut rollup_due = true;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.persist_check_interval) => {}
@@ -945,6 +945,10 @@ impl Engine {
                 if let Err(e) = self.apply_retention().await {
                     error!(error = %e, "applying retention failed; retrying later");
                 }
+                rollup_due = true;
+            }
+            if rollup_due {
+                rollup_due = false;
                 if let Err(e) = self.roll_up_summaries().await {
                     error!(error = %e, "rolling up profile summaries failed; retrying later");
                 }

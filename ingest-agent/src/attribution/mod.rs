@@ -261,17 +261,19 @@ impl Resolver {
             }
         }
         match self.ask_containerd(&path, parsed.as_ref().map(|(_, id)| id.as_str())) {
-            Containerd::Found(id, found) => {
+            ContainerdAnswer::Found(id, found) => {
                 self.resolved_as(cgroup, &path, &id, found, "containerd");
                 true
             }
             // Neither a container id in the path nor a containerd namespace: a host cgroup.
-            Containerd::NotAsked if parsed.is_none() => {
+            ContainerdAnswer::NotAsked if parsed.is_none() => {
                 self.cache.lock().insert(cgroup, Attribution::NotContainer);
                 true
             }
             // A container no runtime knows yet (still being created), or a runtime that is away.
-            Containerd::NotAsked | Containerd::NotFound | Containerd::Unreachable => false,
+            ContainerdAnswer::NotAsked
+            | ContainerdAnswer::NotFound
+            | ContainerdAnswer::Unreachable => false,
         }
     }
 
@@ -295,8 +297,8 @@ impl Resolver {
     }
 
     /// Asks each containerd socket about the containers `path` can name there.
-    fn ask_containerd(&self, path: &str, cri_id: Option<&str>) -> Containerd {
-        let mut answer = Containerd::NotAsked;
+    fn ask_containerd(&self, path: &str, cri_id: Option<&str>) -> ContainerdAnswer {
+        let mut answer = ContainerdAnswer::NotAsked;
         if cri_id.is_none() && !containerd::may_name_a_container(path) {
             return answer;
         }
@@ -308,7 +310,7 @@ impl Resolver {
                 Ok(namespaces) => namespaces,
                 Err(error) => {
                     tracing::debug!(%error, "containerd unreachable");
-                    answer = Containerd::Unreachable;
+                    answer = ContainerdAnswer::Unreachable;
                     continue;
                 }
             };
@@ -316,16 +318,16 @@ impl Resolver {
             tracing::debug!(path, ?namespaces, ?candidates, "asking containerd");
             for (namespace, id) in candidates {
                 match client.inspect(&namespace, &id) {
-                    Ok(found) => return Containerd::Found(id, found),
+                    Ok(found) => return ContainerdAnswer::Found(id, found),
                     Err(runtime_api::ApiError::NotFound { .. }) => {
                         tracing::debug!(namespace, id, "containerd has no such container (yet)");
-                        if matches!(answer, Containerd::NotAsked) {
-                            answer = Containerd::NotFound;
+                        if matches!(answer, ContainerdAnswer::NotAsked) {
+                            answer = ContainerdAnswer::NotFound;
                         }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "containerd lookup failed");
-                        answer = Containerd::Unreachable;
+                        answer = ContainerdAnswer::Unreachable;
                     }
                 }
             }
@@ -335,7 +337,7 @@ impl Resolver {
 }
 
 /// What containerd said of a cgroup.
-enum Containerd {
+enum ContainerdAnswer {
     Found(String, runtime_api::ContainerImage),
     /// The path names nothing containerd could have (or no containerd runs).
     NotAsked,

@@ -40,8 +40,7 @@ pub async fn from_store(
 ) -> Result<(HashMap<String, ImageProfile>, RebuildStats)> {
     let mut stats = RebuildStats::default();
     let mut entries: Vec<&SummaryEntry> = state.summaries.values().collect();
-    entries
-        .sort_by(|a, b| (a.hour, a.first_window, &a.path).cmp(&(b.hour, b.first_window, &b.path)));
+    entries.sort_by(|a, b| summary::merge_order(a).cmp(&summary::merge_order(b)));
     let fetched: Vec<(&SummaryEntry, Result<summary::SummaryFile>)> =
         futures::stream::iter(entries.into_iter().map(|e| {
             let store = store.clone();

@@ -15,7 +15,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use serde::{Deserialize, Serialize};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::{ImageProfile, WindowFacts};
 use crate::catalog::{CatalogState, SummaryEntry};
@@ -157,12 +157,11 @@ impl Rollup<'_> {
     /// The entry of the merged summary stored at `path` (`bytes` long): it covers
     /// what its parts covered, less the raw files retention has deleted since.
     pub fn entry(&self, state: &CatalogState, path: String, bytes: u64) -> SummaryEntry {
-        let live: HashSet<&str> = state.files.keys().map(String::as_str).collect();
         let mut files: Vec<String> = self
             .parts
             .iter()
             .flat_map(|p| p.files.iter())
-            .filter(|f| live.contains(f.as_str()))
+            .filter(|f| state.files.contains_key(*f))
             .cloned()
             .collect();
         files.sort();
@@ -194,6 +193,12 @@ impl Rollup<'_> {
     }
 }
 
+/// The order summaries are merged in, at start-up and in a rollup: by hour, then
+/// first window, then path (for a total order).
+pub fn merge_order(s: &SummaryEntry) -> (i64, i64, &str) {
+    (s.hour, s.first_window, &s.path)
+}
+
 /// The rollups due in `state`: per image, the summaries from its last reset on,
 /// and apart from them those before it (start-up skips those, but their file
 /// lists still tell retention which raw files a summary covers), each group when
@@ -211,9 +216,7 @@ pub fn plan_rollups(state: &CatalogState, min_parts: usize) -> Vec<Rollup<'_>> {
         .into_iter()
         .filter(|(_, parts)| parts.len() >= min_parts.max(2))
         .map(|((image, _), mut parts)| {
-            parts.sort_by(|a, b| {
-                (a.hour, a.first_window, &a.path).cmp(&(b.hour, b.first_window, &b.path))
-            });
+            parts.sort_by(|a, b| merge_order(a).cmp(&merge_order(b)));
             Rollup {
                 image: image.to_string(),
                 parts,

@@ -98,6 +98,13 @@ pub async fn run(
     let drop_n = |n: u64| {
         stats.webhook_dropped.fetch_add(n, Ordering::Relaxed);
     };
+    let lagged = |n: u64| {
+        warn!(
+            missed = n,
+            "the anomaly webhook fell behind; anomalies not sent (they are in the anomalies table)"
+        );
+        drop_n(n);
+    };
     loop {
         let url = webhook_url(&engine);
         if url.is_empty() && !queue.is_empty() {
@@ -143,10 +150,7 @@ pub async fn run(
                     while burst.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(a) => burst.push(a),
-                            Err(TryRecvError::Lagged(n)) => {
-                                warn!(missed = n, "the anomaly webhook fell behind; anomalies not sent (they are in the anomalies table)");
-                                drop_n(n);
-                            }
+                            Err(TryRecvError::Lagged(n)) => lagged(n),
                             Err(_) => break,
                         }
                     }
@@ -162,10 +166,7 @@ pub async fn run(
                         queue.push_back(a);
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    warn!(missed = n, "the anomaly webhook fell behind; anomalies not sent (they are in the anomalies table)");
-                    drop_n(n);
-                }
+                Err(RecvError::Lagged(n)) => lagged(n),
                 Err(RecvError::Closed) => return,
             },
             _ = tokio::time::sleep_until(wake), if retry_at.is_some() => {}

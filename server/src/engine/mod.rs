@@ -715,31 +715,25 @@ impl Engine {
 
     /// Merges each image's profile summaries into one once it has
     /// `summary_rollup_parts` of them (see [`summary::plan_rollups`]), so start-up
-    /// and the catalog grow with the images, not with time. The merged summary is
-    /// written and committed before its parts are deleted: a crash in between
-    /// leaves unreferenced objects, never a profile short of a part. A part that
-    /// cannot be read keeps its group as it is (start-up then reads its raw
-    /// files). Returns the number of summaries merged away.
+    /// and the catalog grow with the images, not with time. The merged summaries
+    /// are written, then committed together (one catalog commit per pass, not per
+    /// image), then their parts are deleted: a crash in between leaves
+    /// unreferenced objects, never a profile short of a part. A part that cannot
+    /// be read keeps its group as it is (start-up then reads its raw files).
+    /// Returns the number of summaries merged away.
     pub async fn roll_up_summaries(&self) -> Result<usize, EngineError> {
         let _no_persist = self.persist_lock.lock().await;
         let state = self.catalog_state();
-        let mut merged_away = 0;
+        let mut commit = Commit::default();
+        let mut rolled = Vec::new();
         for rollup in summary::plan_rollups(&state, self.config.summary_rollup_parts) {
-            let mut profile = ImageProfile::default();
-            let mut readable = true;
-            for part in &rollup.parts {
-                match summary::read(self.object_store.as_ref(), &part.path).await {
-                    Ok(file) => profile.merge(&file.profile),
-                    Err(e) => {
-                        warn!(summary = %part.path, error = %e, "profile summary unreadable; its image's summaries are not rolled up");
-                        readable = false;
-                        break;
-                    }
+            let profile = match self.merged_summaries(&rollup.parts).await {
+                Ok(profile) => profile,
+                Err((path, e)) => {
+                    warn!(summary = %path, error = %e, "profile summary unreadable; its image's summaries are not rolled up");
+                    continue;
                 }
-            }
-            if !readable {
-                continue;
-            }
+            };
             let hour = rollup.hour();
             let image = rollup.image.clone();
             let bytes =
@@ -754,22 +748,41 @@ impl Engine {
             self.object_store
                 .put(&path, PutPayload::from(bytes))
                 .await?;
-            let parts: Vec<String> = rollup.parts.iter().map(|p| p.path.clone()).collect();
-            self.commit_meta(Commit {
-                add_summaries: vec![entry],
-                remove_summaries: parts.clone(),
-                ..Default::default()
-            })
-            .await?;
-            for part in &parts {
-                if let Err(e) = self.object_store.delete(&part.as_str().into()).await {
-                    warn!(path = %part, error = %e, "deleting a rolled-up summary failed; it is no longer referenced");
-                }
-            }
-            info!(image = %rollup.image, summaries = parts.len(), "profile summaries rolled up into one");
-            merged_away += parts.len();
+            rolled.push((rollup.image.clone(), rollup.parts.len()));
+            commit.add_summaries.push(entry);
+            commit
+                .remove_summaries
+                .extend(rollup.parts.iter().map(|p| p.path.clone()));
         }
-        Ok(merged_away)
+        if commit.add_summaries.is_empty() {
+            return Ok(0);
+        }
+        let parts = commit.remove_summaries.clone();
+        self.commit_meta(commit).await?;
+        for (image, n) in rolled {
+            info!(image, summaries = n, "profile summaries rolled up into one");
+        }
+        for part in &parts {
+            if let Err(e) = self.object_store.delete(&part.as_str().into()).await {
+                warn!(path = %part, error = %e, "deleting a rolled-up summary failed; it is no longer referenced");
+            }
+        }
+        Ok(parts.len())
+    }
+
+    /// The merge of the summaries `parts`, or the first that cannot be read.
+    async fn merged_summaries(
+        &self,
+        parts: &[&SummaryEntry],
+    ) -> Result<ImageProfile, (String, imprint_query::Error)> {
+        let mut profile = ImageProfile::default();
+        for part in parts {
+            let file = summary::read(self.object_store.as_ref(), &part.path)
+                .await
+                .map_err(|e| (part.path.clone(), e))?;
+            profile.merge(&file.profile);
+        }
+        Ok(profile)
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -81,10 +81,7 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(agent: &Path, dir: &Path, mappings: &[String], extra: &[&str]) -> RunningAgent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = imprint_bench::free_loopback_port();
         let metrics = format!("127.0.0.1:{port}");
         let mut command = Command::new(agent);
         command

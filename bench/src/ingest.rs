@@ -101,13 +101,6 @@ pub(crate) fn bin_dir_or_own(given: Option<&Path>) -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 pub(crate) struct Server {
     child: Child,
     pub grpc: String,
@@ -131,8 +124,8 @@ impl Server {
     }
 
     fn spawn(bin_dir: &Path, data: &Path, level: &str, stderr: Stdio) -> Self {
-        let port = free_port();
-        let http = free_port();
+        let port = imprint_bench::free_loopback_port();
+        let http = imprint_bench::free_loopback_port();
         let grpc = format!("127.0.0.1:{port}");
         let child = Command::new(bin_dir.join("imprintd"))
             .args(["serve", "--data-dir"])

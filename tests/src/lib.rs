@@ -2,7 +2,6 @@
 //! with the real gRPC and Flight SQL clients, and find the Python tools (DuckDB,
 //! moto) in the venv the test command builds.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -46,13 +45,10 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use imprint_bench::free_loopback_port as free_port;
+
+/// How often a server start is tried when its port was taken.
+const PORT_ATTEMPTS: usize = 5;
 
 /// A running `imprintd serve`.
 #[derive(Debug)]
@@ -127,14 +123,43 @@ impl Imprintd {
         format!("{scheme}://{}", self.http_addr)
     }
 
+    /// Starts on fresh ports, picking others when one was taken between the pick and the
+    /// server's bind (tests run in parallel).
     fn spawn(&mut self, env: &[(&str, &str)]) {
-        let (g, h) = (free_port(), free_port());
-        self.grpc_addr = format!("127.0.0.1:{g}");
-        self.http_addr = format!("127.0.0.1:{h}");
-        self.spawn_on_ports(env);
+        for _ in 0..PORT_ATTEMPTS {
+            let (g, h) = (free_port(), free_port());
+            self.grpc_addr = format!("127.0.0.1:{g}");
+            self.http_addr = format!("127.0.0.1:{h}");
+            match self.try_spawn_on_ports(env) {
+                Err(log) if imprint_bench::ports::port_was_taken(&log) => continue,
+                Err(log) => panic!("imprintd exited at start; log:\n{log}"),
+                Ok(()) => return,
+            }
+        }
+        panic!("imprintd found its ports taken {PORT_ATTEMPTS} times in a row");
     }
 
+    /// Starts on the ports it had; a port taken meanwhile is waited for a little.
     fn spawn_on_ports(&mut self, env: &[(&str, &str)]) {
+        for _ in 0..PORT_ATTEMPTS {
+            match self.try_spawn_on_ports(env) {
+                Err(log) if imprint_bench::ports::port_was_taken(&log) => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(log) => panic!("imprintd exited at start; log:\n{log}"),
+                Ok(()) => return,
+            }
+        }
+        panic!(
+            "imprintd found {} or {} taken {PORT_ATTEMPTS} times in a row",
+            self.grpc_addr, self.http_addr
+        );
+    }
+
+    /// Spawns and waits until both listeners accept; `Err` with what this start logged when
+    /// the process exited first.
+    fn try_spawn_on_ports(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
+        let logged_before = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,17 +192,17 @@ impl Imprintd {
                     .unwrap_or_default()
                     .trim()
                     .to_string();
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "imprintd exited at start with {status}; log:\n{}",
-                    self.log_text()
-                );
+                self.child = None;
+                let log = self.log_text();
+                let this_start = log.get(logged_before..).unwrap_or(&log);
+                return Err(format!("({status})\n{this_start}"));
             }
             assert!(
                 Instant::now() < deadline,

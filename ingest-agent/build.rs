@@ -2,6 +2,12 @@
 //! toolchain and bpf-linker (scripts/setup-ebpf.sh installs them); the object is embedded in
 //! the agent with `aya::include_bytes_aligned!`.
 fn main() {
+    // Relative to this package, so a target directory shared by two clones of the repository
+    // notices a change in either (aya-build's own rerun path is absolute: the clone that built
+    // last would be the only one watched, and cargo hashes both clones' builds alike).
+    for watched in ["../ingest-ebpf/probes", "../ingest-ebpf/common"] {
+        println!("cargo:rerun-if-changed={watched}");
+    }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest-ebpf/probes");
     let probes = aya_build::Package {
         name: "imprint-ebpf",

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use imprint_ebpf_common::{Event, EventKind, FLAG_TRUNCATED, SYSCALL_WORDS};
+use imprint_ebpf_common::{
+    Event, EventKind, FLAG_TRUNCATED, SYSCALL_SLOTS, SYSCALL_WORDS, WINDOW_COLLECTED,
+    WINDOW_GENERATION,
+};
 use imprint_proto::ingest_v1::{Fingerprint, ItemKind};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -102,7 +105,11 @@ impl Capture {
 
     /// Runs until `Control::Stop`.
     pub fn run(mut self, control: Receiver<Control>) {
-        let _ = self.probes.maps.window.set(0, self.generation, 0);
+        let _ = self
+            .probes
+            .maps
+            .window
+            .set(WINDOW_GENERATION, self.generation, 0);
         self.apply_attachment();
         let window_micros = self.config.window.as_micros() as i64;
         let mut start = now_micros();
@@ -274,8 +281,12 @@ impl Capture {
         }
         // From here the kernel counts into the next generation (and the other bitmap parity).
         self.generation += 1;
-        let _ = self.probes.maps.window.set(0, self.generation, 0);
-        self.read_syscalls(generation & 1);
+        let _ = self
+            .probes
+            .maps
+            .window
+            .set(WINDOW_GENERATION, self.generation, 0);
+        self.read_syscalls(generation);
         self.read_kernel_drops();
 
         let paused = self.paused_in_window || self.guard_paused;
@@ -325,8 +336,33 @@ impl Capture {
         }
     }
 
-    /// Moves the syscall bitmaps of `parity` into the windows, clearing them in the kernel.
-    fn read_syscalls(&mut self, parity: u64) {
+    /// Moves the syscall bitmaps of window `generation` into the windows: the per-CPU cache
+    /// slots that name it, then what was spilled into `SYSCALLS` under its parity (cleared).
+    fn read_syscalls(&mut self, generation: u64) {
+        let mut per_cgroup: HashMap<u64, [u64; SYSCALL_WORDS]> = HashMap::new();
+        let mut or_into = |cgroup: u64, words: &[u64]| {
+            let bits = per_cgroup.entry(cgroup).or_insert([0; SYSCALL_WORDS]);
+            for (word, value) in bits.iter_mut().zip(words) {
+                *word |= value;
+            }
+        };
+        for index in 0..SYSCALL_SLOTS {
+            let Ok(per_cpu) = self.probes.maps.syscall_cache.get(&index, 0) else {
+                continue;
+            };
+            for slot in per_cpu.iter() {
+                if slot[0] != 0 && slot[1] == generation {
+                    or_into(slot[0], &slot[2..]);
+                }
+            }
+        }
+        // From here the kernel no longer spills this window's slots (it would repeat them).
+        let _ = self
+            .probes
+            .maps
+            .window
+            .set(WINDOW_COLLECTED, generation + 1, 0);
+        let parity = generation & 1;
         let keys: Vec<u64> = self
             .probes
             .maps
@@ -335,18 +371,17 @@ impl Capture {
             .flatten()
             .filter(|key| key & 1 == parity)
             .collect();
+        Metrics::add(&self.metrics.syscall_bitmaps_spilled, keys.len() as u64);
         for key in keys {
             let Ok(per_cpu) = self.probes.maps.syscalls.get(&key, 0) else {
                 continue;
             };
-            let mut bits = [0u64; SYSCALL_WORDS];
-            for cpu in per_cpu.iter() {
-                for (word, value) in bits.iter_mut().zip(cpu.iter()) {
-                    *word |= value;
-                }
+            for words in per_cpu.iter() {
+                or_into(key >> 1, words);
             }
             let _ = self.probes.maps.syscalls.remove(&key);
-            let cgroup = key >> 1;
+        }
+        for (cgroup, bits) in per_cgroup {
             let mut items = Vec::new();
             for (word, value) in bits.iter().enumerate() {
                 for bit in 0..64 {

@@ -84,6 +84,10 @@ struct Args {
         default_values = ["/run/containerd/containerd.sock"]
     )]
     containerd_sockets: Vec<PathBuf>,
+    /// Slots per CPU of the kernel's syscall-bitmap cache (a power of two, 1 to 1024). Fewer
+    /// only make cgroups share slots more; a test sets 1 to make every cgroup spill.
+    #[arg(long, default_value_t = imprint_ebpf_common::SYSCALL_SLOTS, hide = true, value_parser = parse_slots)]
+    syscall_cache_slots: u32,
     /// Capture while the server has not said otherwise (`profiling.enabled` then rules).
     #[arg(long, env = "IMPRINT_PROFILING", default_value_t = true, action = clap::ArgAction::Set)]
     profiling: bool,
@@ -149,7 +153,8 @@ fn run(args: Args) -> Result<(), String> {
     let agent_id = agent_id(&args.spool_dir, &node)?;
     let metrics = Arc::new(Metrics::default());
 
-    let probes = probes::Probes::load(root_cgroup).map_err(|e| e.to_string())?;
+    let probes =
+        probes::Probes::load(root_cgroup, args.syscall_cache_slots).map_err(|e| e.to_string())?;
     let (resolved_tx, resolved_rx) = std::sync::mpsc::channel();
     let attributor = Attributor::start(
         index,
@@ -284,4 +289,15 @@ fn agent_id(spool_dir: &std::path::Path, node: &str) -> Result<String, String> {
     let id = format!("{node}/{install:016x}");
     std::fs::write(&file, &id).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     Ok(id)
+}
+
+fn parse_slots(text: &str) -> Result<u32, String> {
+    let slots: u32 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if !slots.is_power_of_two() || slots > imprint_ebpf_common::SYSCALL_SLOTS {
+        return Err(format!(
+            "{slots} is not a power of two from 1 to {}",
+            imprint_ebpf_common::SYSCALL_SLOTS
+        ));
+    }
+    Ok(slots)
 }

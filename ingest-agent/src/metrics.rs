@@ -12,6 +12,8 @@ pub struct Metrics {
     pub events_dropped_kernel: AtomicU64,
     pub events_dropped_agent: AtomicU64,
     pub windows_unattributed: AtomicU64,
+    /// Syscall bitmaps found spilled from the kernel's per-CPU cache (cgroups sharing a slot).
+    pub syscall_bitmaps_spilled: AtomicU64,
     pub fingerprints_built: AtomicU64,
     pub fingerprints_sent: AtomicU64,
     pub batches_sent: AtomicU64,
@@ -69,6 +71,12 @@ impl Metrics {
             "counter",
             "Container windows dropped because the cgroup never resolved to a container.",
             g(&self.windows_unattributed).to_string(),
+        );
+        metric(
+            "imprint_agent_syscall_bitmaps_spilled_total",
+            "counter",
+            "Per-cgroup syscall bitmaps read from the kernel's spill map: cgroups that shared a per-CPU cache slot (a few per window is normal; many mean more busy cgroups per CPU than slots).",
+            g(&self.syscall_bitmaps_spilled).to_string(),
         );
         metric(
             "imprint_agent_fingerprints_built_total",

@@ -11,19 +11,24 @@ use aya::{
         trace_point::TracePointLinkId,
     },
 };
-use imprint_ebpf_common::{GLOBAL_ROOT_CGROUP, SYSCALL_WORDS, maps};
+use imprint_ebpf_common::{
+    CAPTURE_FILES, CAPTURE_NETWORK, CAPTURE_SYSCALLS, GLOBAL_ROOT_CGROUP, GLOBAL_SYSCALL_SLOT_MASK,
+    SYSCALL_WORDS, SyscallSlot, maps,
+};
 
 /// The compiled programs, built by build.rs for the BPF target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imprint-probes"));
 
-/// Programs attached and detached together.
+/// Programs attached and detached together. The three high-volume groups share the raw
+/// `sys_enter` program (each has a `CAPTURE` bit switching its part of it); it is attached
+/// while any of them is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Group {
-    /// `raw_syscalls/sys_enter`: the per-cgroup syscall bitmap. High volume.
+    /// The per-cgroup syscall bitmap (in `sys_enter`). High volume.
     Syscalls,
-    /// Open calls (enter + exit). High volume.
+    /// Open calls (entry in `sys_enter`, `sys_exit_*`). High volume.
     Files,
-    /// Socket calls (enter + exit). High volume on busy servers.
+    /// Socket calls (entry in `sys_enter`, `sys_exit_*`). High volume on busy servers.
     Network,
     /// `sched_process_exec`. Low volume: never paused by the guard.
     Exec,
@@ -43,39 +48,35 @@ impl Group {
         }
     }
 
+    /// The group's bit in `CAPTURE` when it runs part of `sys_enter`.
+    fn capture_bit(self) -> Option<u32> {
+        match self {
+            Group::Syscalls => Some(CAPTURE_SYSCALLS),
+            Group::Files => Some(CAPTURE_FILES),
+            Group::Network => Some(CAPTURE_NETWORK),
+            Group::Exec => None,
+        }
+    }
+
     /// (program name, tracepoint category) of the group's classic tracepoints; the program
     /// name is the tracepoint name.
     fn tracepoints(self) -> &'static [(&'static str, &'static str)] {
         const FILES: &[(&str, &str)] = &[
-            ("sys_enter_openat", "syscalls"),
             ("sys_exit_openat", "syscalls"),
-            ("sys_enter_openat2", "syscalls"),
             ("sys_exit_openat2", "syscalls"),
-            ("sys_enter_open", "syscalls"),
             ("sys_exit_open", "syscalls"),
-            ("sys_enter_creat", "syscalls"),
             ("sys_exit_creat", "syscalls"),
         ];
         const NETWORK: &[(&str, &str)] = &[
-            ("sys_enter_socket", "syscalls"),
             ("sys_exit_socket", "syscalls"),
-            ("sys_enter_bind", "syscalls"),
             ("sys_exit_bind", "syscalls"),
-            ("sys_enter_listen", "syscalls"),
             ("sys_exit_listen", "syscalls"),
-            ("sys_enter_accept", "syscalls"),
             ("sys_exit_accept", "syscalls"),
-            ("sys_enter_accept4", "syscalls"),
             ("sys_exit_accept4", "syscalls"),
-            ("sys_enter_connect", "syscalls"),
             ("sys_exit_connect", "syscalls"),
-            ("sys_enter_sendto", "syscalls"),
             ("sys_exit_sendto", "syscalls"),
-            ("sys_enter_sendmsg", "syscalls"),
             ("sys_exit_sendmsg", "syscalls"),
-            ("sys_enter_recvfrom", "syscalls"),
             ("sys_exit_recvfrom", "syscalls"),
-            ("sys_enter_recvmsg", "syscalls"),
             ("sys_exit_recvmsg", "syscalls"),
         ];
         match self {
@@ -110,45 +111,50 @@ pub enum ProbeError {
     Missing(&'static str),
 }
 
-enum Link {
-    Raw(&'static str, RawTracePointLinkId),
-    Tp(&'static str, TracePointLinkId),
-}
+/// The raw tracepoint the high-volume groups share.
+const SYS_ENTER: &str = "sys_enter";
 
 /// The maps the agent reads or writes.
 pub struct Maps {
     pub events: RingBuf<MapData>,
+    pub syscall_cache: PerCpuArray<MapData, SyscallSlot>,
     pub syscalls: PerCpuHashMap<MapData, u64, [u64; SYSCALL_WORDS]>,
     pub window: Array<MapData, u64>,
     pub seen: HashMap<MapData, u64, [u64; 2]>,
     pub excluded: HashMap<MapData, u64, u8>,
     pub drops: PerCpuArray<MapData, u64>,
     pub cgroup_drops: HashMap<MapData, u64, u64>,
+    /// Which parts of `sys_enter` run; written only here, on attach and detach.
+    capture: Array<MapData, u32>,
 }
 
 /// The loaded programs and their maps.
 pub struct Probes {
     ebpf: Ebpf,
-    links: StdHashMap<Group, Vec<Link>>,
+    /// The classic tracepoints attached, per attached group (empty for `Syscalls`).
+    links: StdHashMap<Group, Vec<(&'static str, TracePointLinkId)>>,
+    /// `sys_enter`, while any high-volume group is attached.
+    sys_enter: Option<RawTracePointLinkId>,
     pub maps: Maps,
 }
 
 impl Probes {
     /// Loads every program (the verifier runs here) without attaching any.
-    pub fn load(root_cgroup: u64) -> Result<Probes, ProbeError> {
+    /// `syscall_cache_slots`: a power of two up to [`imprint_ebpf_common::SYSCALL_SLOTS`].
+    pub fn load(root_cgroup: u64, syscall_cache_slots: u32) -> Result<Probes, ProbeError> {
+        let slot_mask = syscall_cache_slots - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_ROOT_CGROUP, &root_cgroup, true)
+            .override_global(GLOBAL_SYSCALL_SLOT_MASK, &slot_mask, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
+        let program: &mut RawTracePoint = program_mut(&mut ebpf, SYS_ENTER)?;
+        program.load().map_err(|source| ProbeError::Program {
+            program: SYS_ENTER,
+            what: "verifier",
+            source,
+        })?;
         for group in Group::ALL {
-            if group == Group::Syscalls {
-                let program: &mut RawTracePoint = program_mut(&mut ebpf, "sys_enter")?;
-                program.load().map_err(|source| ProbeError::Program {
-                    program: "sys_enter",
-                    what: "verifier",
-                    source,
-                })?;
-            }
             for (name, _) in group.tracepoints() {
                 let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
                 program.load().map_err(|source| ProbeError::Program {
@@ -160,16 +166,19 @@ impl Probes {
         }
         let maps = Maps {
             events: take_map(&mut ebpf, maps::EVENTS)?,
+            syscall_cache: take_map(&mut ebpf, maps::SYSCALL_CACHE)?,
             syscalls: take_map(&mut ebpf, maps::SYSCALLS)?,
             window: take_map(&mut ebpf, maps::WINDOW)?,
             seen: take_map(&mut ebpf, maps::SEEN)?,
             excluded: take_map(&mut ebpf, maps::EXCLUDED)?,
             drops: take_map(&mut ebpf, maps::DROPS)?,
             cgroup_drops: take_map(&mut ebpf, maps::CGROUP_DROPS)?,
+            capture: take_map(&mut ebpf, maps::CAPTURE)?,
         };
         Ok(Probes {
             ebpf,
             links: StdHashMap::new(),
+            sys_enter: None,
             maps,
         })
     }
@@ -184,28 +193,35 @@ impl Probes {
             return Ok(());
         }
         ensure_tracefs();
+        // Exits first, then the entry side, so no entry is stashed without its exit to act.
         let mut links = Vec::new();
-        if group == Group::Syscalls {
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, "sys_enter")?;
-            let id = program
-                .attach("sys_enter")
-                .map_err(|source| ProbeError::Program {
-                    program: "sys_enter",
-                    what: "attach to raw tracepoint sys_enter",
-                    source,
-                })?;
-            links.push(Link::Raw("sys_enter", id));
-        }
         for (name, category) in group.tracepoints() {
             let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
-            let id = program
-                .attach(category, name)
-                .map_err(|source| ProbeError::Program {
-                    program: name,
-                    what: "attach to tracepoint",
-                    source,
-                })?;
-            links.push(Link::Tp(name, id));
+            match program.attach(category, name) {
+                Ok(id) => links.push((*name, id)),
+                Err(source) => {
+                    self.detach_tracepoints(links)?;
+                    return Err(ProbeError::Program {
+                        program: name,
+                        what: "attach to tracepoint",
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(bit) = group.capture_bit() {
+            self.set_capture(bit, true)?;
+            if self.sys_enter.is_none() {
+                let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
+                let id = program
+                    .attach(SYS_ENTER)
+                    .map_err(|source| ProbeError::Program {
+                        program: SYS_ENTER,
+                        what: "attach to raw tracepoint sys_enter",
+                        source,
+                    })?;
+                self.sys_enter = Some(id);
+            }
         }
         self.links.insert(group, links);
         Ok(())
@@ -216,27 +232,72 @@ impl Probes {
         let Some(links) = self.links.remove(&group) else {
             return Ok(());
         };
-        for link in links {
-            match link {
-                Link::Raw(name, id) => {
-                    let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
-                    program.detach(id).map_err(|source| ProbeError::Program {
-                        program: name,
-                        what: "detach",
-                        source,
-                    })?;
-                }
-                Link::Tp(name, id) => {
-                    let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
-                    program.detach(id).map_err(|source| ProbeError::Program {
-                        program: name,
-                        what: "detach",
-                        source,
-                    })?;
-                }
+        if let Some(bit) = group.capture_bit() {
+            self.set_capture(bit, false)?;
+            let still_used = Group::HIGH_VOLUME.iter().any(|g| self.is_attached(*g));
+            if let (false, Some(id)) = (still_used, self.sys_enter.take()) {
+                let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
+                program.detach(id).map_err(|source| ProbeError::Program {
+                    program: SYS_ENTER,
+                    what: "detach",
+                    source,
+                })?;
             }
         }
+        self.detach_tracepoints(links)
+    }
+
+    fn detach_tracepoints(
+        &mut self,
+        links: Vec<(&'static str, TracePointLinkId)>,
+    ) -> Result<(), ProbeError> {
+        for (name, id) in links {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            program.detach(id).map_err(|source| ProbeError::Program {
+                program: name,
+                what: "detach",
+                source,
+            })?;
+        }
         Ok(())
+    }
+
+    fn set_capture(&mut self, bit: u32, on: bool) -> Result<(), ProbeError> {
+        let map_error = |source| ProbeError::Map {
+            name: maps::CAPTURE,
+            source,
+        };
+        let current = self.maps.capture.get(&0, 0).map_err(map_error)?;
+        let next = if on { current | bit } else { current & !bit };
+        self.maps.capture.set(0, next, 0).map_err(map_error)
+    }
+}
+
+/// The empty program on `sys_enter`, attached while this lives: the agent benchmark's measure
+/// of what hooking every syscall costs by itself. Not used by the agent.
+pub struct EmptySysEnter {
+    _ebpf: Ebpf,
+}
+
+impl EmptySysEnter {
+    pub fn attach() -> Result<EmptySysEnter, ProbeError> {
+        const NAME: &str = "empty_sys_enter";
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(ProbeError::Load)?;
+        let program: &mut RawTracePoint = program_mut(&mut ebpf, NAME)?;
+        program.load().map_err(|source| ProbeError::Program {
+            program: NAME,
+            what: "verifier",
+            source,
+        })?;
+        // The link belongs to the program: dropping `ebpf` detaches it.
+        program
+            .attach(SYS_ENTER)
+            .map_err(|source| ProbeError::Program {
+                program: NAME,
+                what: "attach to raw tracepoint sys_enter",
+                source,
+            })?;
+        Ok(EmptySysEnter { _ebpf: ebpf })
     }
 }
 

@@ -14,6 +14,17 @@ pub const PATH_LEN: usize = 512;
 /// Words of the per-cgroup system call bitmap: 8 × 64 = 512 bits, above every x86_64 number.
 pub const SYSCALL_WORDS: usize = 8;
 
+/// `WINDOW` index of the current window generation.
+pub const WINDOW_GENERATION: u32 = 0;
+/// `WINDOW` index of the generation below which the cache slots have been collected.
+pub const WINDOW_COLLECTED: u32 = 1;
+
+/// Slots per CPU of the syscall bitmap cache in front of `SYSCALLS` (a power of two).
+pub const SYSCALL_SLOTS: u32 = 1024;
+
+/// A `SYSCALL_CACHE` slot: `[cgroup id, window generation, bitmap words…]`.
+pub type SyscallSlot = [u64; 2 + SYSCALL_WORDS];
+
 /// Ring buffer for events (bytes; a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 23;
 
@@ -21,9 +32,16 @@ pub const EVENTS_BYTES: u32 = 1 << 23;
 pub mod maps {
     /// `RingBuf` of [`crate::Event`].
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuHashMap<u64, [u64; SYSCALL_WORDS]>`: key `(cgroup_id << 1) | (generation & 1)`.
+    /// `PerCpuArray<SyscallSlot>` of [`crate::SYSCALL_SLOTS`]: the bitmap of the cgroup last
+    /// seen at its slot (see [`crate::GLOBAL_SYSCALL_SLOT_MASK`]) on that CPU, in the window it names. A
+    /// cgroup taking a slot another holds spills the other's bits into `SYSCALLS`.
+    pub const SYSCALL_CACHE: &str = "SYSCALL_CACHE";
+    /// `PerCpuHashMap<u64, [u64; SYSCALL_WORDS]>`: key `(cgroup_id << 1) | (generation & 1)`:
+    /// the bits spilled from `SYSCALL_CACHE`.
     pub const SYSCALLS: &str = "SYSCALLS";
-    /// `Array<u64>` with one entry: the window generation the agent advances each window.
+    /// `Array<u64>` with two entries: at [`crate::WINDOW_GENERATION`] the window generation the
+    /// agent advances each window; at [`crate::WINDOW_COLLECTED`] the generation below which
+    /// it has read the `SYSCALL_CACHE` slots.
     pub const WINDOW: &str = "WINDOW";
     /// `LruHashMap<u64, [u64; 2]>`: item hash → `[generation, hits in that generation]`.
     pub const SEEN: &str = "SEEN";
@@ -33,10 +51,24 @@ pub mod maps {
     pub const DROPS: &str = "DROPS";
     /// `LruHashMap<u64, u64>`: cgroup id → failed ring buffer writes for it.
     pub const CGROUP_DROPS: &str = "CGROUP_DROPS";
+    /// `Array<u32>` with one entry: which parts of the shared `sys_enter` program run
+    /// ([`crate::CAPTURE_SYSCALLS`], [`crate::CAPTURE_FILES`], [`crate::CAPTURE_NETWORK`]).
+    pub const CAPTURE: &str = "CAPTURE";
 }
+
+/// `CAPTURE` bit: record the per-cgroup syscall bitmap.
+pub const CAPTURE_SYSCALLS: u32 = 1 << 0;
+/// `CAPTURE` bit: stash the arguments of the open calls at entry.
+pub const CAPTURE_FILES: u32 = 1 << 1;
+/// `CAPTURE` bit: stash the arguments of the socket calls at entry.
+pub const CAPTURE_NETWORK: u32 = 1 << 2;
 
 /// Global set at load time: the cgroup id of the cgroup v2 root (the host), never recorded.
 pub const GLOBAL_ROOT_CGROUP: &str = "ROOT_CGROUP";
+
+/// Global set at load time (`u32`): slots used per CPU in `SYSCALL_CACHE`, minus one; a
+/// cgroup's slot is its id's low bits (ids are inode numbers, given out in sequence).
+pub const GLOBAL_SYSCALL_SLOT_MASK: &str = "SYSCALL_SLOT_MASK";
 
 /// What an [`Event`] reports.
 #[repr(u32)]

@@ -1,10 +1,10 @@
 //! Imprint's kernel-side programs. Tracepoints only (this kernel refuses fentry/kprobes/LSM).
 //!
-//! - `sys_enter` (raw tracepoint): sets the syscall's bit in a per-cgroup bitmap; no event.
+//! - `sys_enter` (raw tracepoint): sets the syscall's bit in a per-cgroup bitmap (no event),
+//!   and stashes the arguments of the open, socket and network calls per thread.
 //! - `sched_process_exec`: the executed file.
-//! - `sys_enter_*` / `sys_exit_*` of the open, socket and network calls: arguments are stashed
-//!   per thread at entry and acted on at exit, where the return value says whether the call
-//!   succeeded and user memory (the path) is faulted in.
+//! - `sys_exit_*` of the stashed calls: acted on at exit, where the return value says whether
+//!   the call succeeded and user memory (the path) is faulted in.
 //!
 //! Every event is deduplicated per window: a hash of (cgroup, kind, key) is looked up in `SEEN`;
 //! when it was already sent in the current window generation only its hit counter grows.

@@ -127,7 +127,7 @@ impl Server {
         let port = imprint_bench::free_loopback_port();
         let http = imprint_bench::free_loopback_port();
         let grpc = format!("127.0.0.1:{port}");
-        let child = Command::new(bin_dir.join("imprintd"))
+        let mut child = Command::new(bin_dir.join("imprintd"))
             .args(["serve", "--data-dir"])
             .arg(data)
             .args([
@@ -143,6 +143,9 @@ impl Server {
             .spawn()
             .expect("start imprintd");
         while std::net::TcpStream::connect(&grpc).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("imprintd on {} exited at start ({status})", data.display());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         // The admin token appears once the server has committed it.

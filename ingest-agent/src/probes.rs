@@ -209,21 +209,31 @@ impl Probes {
                 }
             }
         }
-        if let Some(bit) = group.capture_bit() {
-            self.set_capture(bit, true)?;
-            if self.sys_enter.is_none() {
-                let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
-                let id = program
-                    .attach(SYS_ENTER)
-                    .map_err(|source| ProbeError::Program {
-                        program: SYS_ENTER,
-                        what: "attach to raw tracepoint sys_enter",
-                        source,
-                    })?;
-                self.sys_enter = Some(id);
-            }
-        }
         self.links.insert(group, links);
+        if let Some(bit) = group.capture_bit()
+            && let Err(error) = self.attach_entry(bit)
+        {
+            // Not half attached: the exits go again.
+            let _ = self.detach(group);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Switches on a group's part of `sys_enter`, attaching the program if no group had.
+    fn attach_entry(&mut self, bit: u32) -> Result<(), ProbeError> {
+        self.set_capture(bit, true)?;
+        if self.sys_enter.is_none() {
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
+            let id = program
+                .attach(SYS_ENTER)
+                .map_err(|source| ProbeError::Program {
+                    program: SYS_ENTER,
+                    what: "attach to raw tracepoint sys_enter",
+                    source,
+                })?;
+            self.sys_enter = Some(id);
+        }
         Ok(())
     }
 

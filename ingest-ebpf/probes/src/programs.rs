@@ -270,7 +270,7 @@ fn socket_key(fd: u64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // System call entry: the per-cgroup bitmap, and the arguments of the calls acted on at exit
 //
-// One raw tracepoint serves all three: the classic `syscalls/sys_enter_*` tracepoints would
+// One raw tracepoint does both: the classic `syscalls/sys_enter_*` tracepoints would
 // register the kernel's perf dispatch on *every* syscall entry (measured 2.7–3.2 % of a getppid
 // loop), and a second program on every entry would cost another program run.
 
@@ -296,9 +296,6 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Sets `nr`'s bit for `cgroup` in this window. The hot path is the cgroup's slot in the
-/// per-CPU cache (an array lookup the verifier inlines, where a hash lookup was 9 % of a
-/// getppid loop); a slot held by another cgroup is spilled into `SYSCALLS` first.
 /// Does nothing: attached alone by the agent benchmark, it measures what hooking every syscall
 /// costs by itself (the floor `sys_enter` is compared with). The agent never attaches it.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -306,6 +303,9 @@ pub fn empty_sys_enter(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Sets `nr`'s bit for `cgroup` in this window. The hot path is the cgroup's slot in the
+/// per-CPU cache (an array lookup the verifier inlines, where a hash lookup was 9 % of a
+/// getppid loop); a slot held by another cgroup is spilled into `SYSCALLS` first.
 #[inline(always)]
 fn record_syscall(cgroup: u64, nr: u64) {
     if nr >= (SYSCALL_WORDS as u64) * 64 {

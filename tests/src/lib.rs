@@ -47,6 +47,25 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub use imprint_bench::free_loopback_port as free_port;
 
+/// Files under `dir` (recursively) whose name ends with `suffix` (`""`: all); 0 when `dir`
+/// does not exist.
+pub fn files_under(dir: &Path, suffix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_under(&path, suffix)
+            } else {
+                usize::from(path.to_string_lossy().ends_with(suffix))
+            }
+        })
+        .sum()
+}
+
 /// How often a server start is tried when its port was taken.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -126,32 +145,34 @@ impl Imprintd {
     /// Starts on fresh ports, picking others when one was taken between the pick and the
     /// server's bind (tests run in parallel).
     fn spawn(&mut self, env: &[(&str, &str)]) {
-        for _ in 0..PORT_ATTEMPTS {
-            let (g, h) = (free_port(), free_port());
-            self.grpc_addr = format!("127.0.0.1:{g}");
-            self.http_addr = format!("127.0.0.1:{h}");
-            match self.try_spawn_on_ports(env) {
-                Err(log) if imprint_bench::ports::port_was_taken(&log) => continue,
-                Err(log) => panic!("imprintd exited at start; log:\n{log}"),
-                Ok(()) => return,
-            }
-        }
-        panic!("imprintd found its ports taken {PORT_ATTEMPTS} times in a row");
+        self.start_retrying(env, true);
     }
 
     /// Starts on the ports it had; a port taken meanwhile is waited for a little.
     fn spawn_on_ports(&mut self, env: &[(&str, &str)]) {
+        self.start_retrying(env, false);
+    }
+
+    /// Up to [`PORT_ATTEMPTS`] starts while the server finds a port taken: on new ports
+    /// (`fresh_ports`) or, after a pause, on the same ones.
+    fn start_retrying(&mut self, env: &[(&str, &str)], fresh_ports: bool) {
         for _ in 0..PORT_ATTEMPTS {
+            if fresh_ports {
+                self.grpc_addr = format!("127.0.0.1:{}", free_port());
+                self.http_addr = format!("127.0.0.1:{}", free_port());
+            }
             match self.try_spawn_on_ports(env) {
                 Err(log) if imprint_bench::ports::port_was_taken(&log) => {
-                    std::thread::sleep(Duration::from_millis(500))
+                    if !fresh_ports {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
                 }
                 Err(log) => panic!("imprintd exited at start; log:\n{log}"),
                 Ok(()) => return,
             }
         }
         panic!(
-            "imprintd found {} or {} taken {PORT_ATTEMPTS} times in a row",
+            "imprintd found {} or {} taken, {PORT_ATTEMPTS} times in a row",
             self.grpc_addr, self.http_addr
         );
     }

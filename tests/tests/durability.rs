@@ -104,7 +104,7 @@ async fn a_crash_at_any_step_of_persistence_loses_and_duplicates_nothing() {
             server.log_text()
         );
         if point == "after_file_put" {
-            let on_disk = count_files(&data.join("fingerprints"));
+            let on_disk = imprint_e2e::files_under(&data.join("fingerprints"), "");
             assert!(
                 on_disk > 0,
                 "{point}: the file should have been written before the crash"
@@ -124,21 +124,6 @@ async fn a_crash_at_any_step_of_persistence_loses_and_duplicates_nothing() {
         server.restart_with_env(&[]);
         assert_exactly(&server, item_count(&acked), point).await;
     }
-}
-
-fn count_files(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                count_files(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,23 +20,6 @@ async fn profile_tables(server: &imprint_e2e::Imprintd) -> Vec<String> {
     rows
 }
 
-/// Profile summary objects under `dir`.
-fn summary_objects(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.to_string_lossy().ends_with(".json.zst") {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// The live profiles (kept current at ingest) equal the ones rebuilt at start from
 /// summaries + WAL after kill -9, and the ones aggregated from the raw Parquet rows
 /// when the summaries are gone (a store written before summaries existed, or a
@@ -77,7 +60,7 @@ async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
     // Roll the summaries up (from two per image here; 24 by default): the server
     // restarted from the merged summaries has the same profiles, from fewer objects.
     assert!(server.terminate().success());
-    let before = summary_objects(&data.join("profiles"));
+    let before = imprint_e2e::files_under(&data.join("profiles"), ".json.zst");
     server.restart_with_env(&[("IMPRINT_SUMMARY_ROLLUP_PARTS", "2")]);
     // In the background, soon after start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -95,7 +78,7 @@ async fn profiles_rebuilt_from_summaries_wal_or_raw_rows_equal_the_live_ones() {
     assert_eq!(profile_tables(&server).await, live, "after rolling up");
     server.kill9();
     server.restart();
-    let after = summary_objects(&data.join("profiles"));
+    let after = imprint_e2e::files_under(&data.join("profiles"), ".json.zst");
     assert!(
         (3..before).contains(&after),
         "{before} summaries before the rollup, {after} after (3 images)"

@@ -149,19 +149,11 @@ impl Probes {
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
         let program: &mut RawTracePoint = program_mut(&mut ebpf, SYS_ENTER)?;
-        program.load().map_err(|source| ProbeError::Program {
-            program: SYS_ENTER,
-            what: "verifier",
-            source,
-        })?;
+        program.load().map_err(failed(SYS_ENTER, "verifier"))?;
         for group in Group::ALL {
             for (name, _) in group.tracepoints() {
                 let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
-                program.load().map_err(|source| ProbeError::Program {
-                    program: name,
-                    what: "verifier",
-                    source,
-                })?;
+                program.load().map_err(failed(name, "verifier"))?;
             }
         }
         let maps = Maps {
@@ -201,11 +193,7 @@ impl Probes {
                 Ok(id) => links.push((*name, id)),
                 Err(source) => {
                     self.detach_tracepoints(links)?;
-                    return Err(ProbeError::Program {
-                        program: name,
-                        what: "attach to tracepoint",
-                        source,
-                    });
+                    return Err(failed(name, "attach to tracepoint")(source));
                 }
             }
         }
@@ -227,11 +215,7 @@ impl Probes {
             let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
             let id = program
                 .attach(SYS_ENTER)
-                .map_err(|source| ProbeError::Program {
-                    program: SYS_ENTER,
-                    what: "attach to raw tracepoint sys_enter",
-                    source,
-                })?;
+                .map_err(failed(SYS_ENTER, "attach to raw tracepoint sys_enter"))?;
             self.sys_enter = Some(id);
         }
         Ok(())
@@ -242,19 +226,24 @@ impl Probes {
         let Some(links) = self.links.remove(&group) else {
             return Ok(());
         };
-        if let Some(bit) = group.capture_bit() {
-            self.set_capture(bit, false)?;
-            let still_used = Group::HIGH_VOLUME.iter().any(|g| self.is_attached(*g));
-            if let (false, Some(id)) = (still_used, self.sys_enter.take()) {
-                let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
-                program.detach(id).map_err(|source| ProbeError::Program {
-                    program: SYS_ENTER,
-                    what: "detach",
-                    source,
-                })?;
-            }
+        // Every step runs even when one fails: the group is then detached as far as it can be.
+        let entry = match group.capture_bit() {
+            Some(bit) => self.detach_entry(bit),
+            None => Ok(()),
+        };
+        let exits = self.detach_tracepoints(links);
+        entry.and(exits)
+    }
+
+    /// Switches off a group's part of `sys_enter`, detaching the program once no group uses it.
+    fn detach_entry(&mut self, bit: u32) -> Result<(), ProbeError> {
+        let switched = self.set_capture(bit, false);
+        let still_used = Group::HIGH_VOLUME.iter().any(|g| self.is_attached(*g));
+        if let (false, Some(id)) = (still_used, self.sys_enter.take()) {
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, SYS_ENTER)?;
+            program.detach(id).map_err(failed(SYS_ENTER, "detach"))?;
         }
-        self.detach_tracepoints(links)
+        switched
     }
 
     fn detach_tracepoints(
@@ -263,11 +252,7 @@ impl Probes {
     ) -> Result<(), ProbeError> {
         for (name, id) in links {
             let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
-            program.detach(id).map_err(|source| ProbeError::Program {
-                program: name,
-                what: "detach",
-                source,
-            })?;
+            program.detach(id).map_err(failed(name, "detach"))?;
         }
         Ok(())
     }
@@ -294,20 +279,24 @@ impl EmptySysEnter {
         const NAME: &str = "empty_sys_enter";
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(ProbeError::Load)?;
         let program: &mut RawTracePoint = program_mut(&mut ebpf, NAME)?;
-        program.load().map_err(|source| ProbeError::Program {
-            program: NAME,
-            what: "verifier",
-            source,
-        })?;
+        program.load().map_err(failed(NAME, "verifier"))?;
         // The link belongs to the program: dropping `ebpf` detaches it.
         program
             .attach(SYS_ENTER)
-            .map_err(|source| ProbeError::Program {
-                program: NAME,
-                what: "attach to raw tracepoint sys_enter",
-                source,
-            })?;
+            .map_err(failed(NAME, "attach to raw tracepoint sys_enter"))?;
         Ok(EmptySysEnter { _ebpf: ebpf })
+    }
+}
+
+/// What to make of a program's `what` step failing.
+fn failed(
+    program: &'static str,
+    what: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program {
+        program,
+        what,
+        source,
     }
 }
 
@@ -318,11 +307,7 @@ where
     let program = ebpf
         .program_mut(name)
         .ok_or(ProbeError::Missing("a program it should have"))?;
-    program.try_into().map_err(|source| ProbeError::Program {
-        program: name,
-        what: "type",
-        source,
-    })
+    program.try_into().map_err(failed(name, "type"))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

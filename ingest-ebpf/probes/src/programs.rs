@@ -339,22 +339,18 @@ fn record_syscall(cgroup: u64, nr: u64) {
 #[inline(always)]
 fn spill(slot: &SyscallSlot) {
     let key = (slot[0] << 1) | (slot[1] & 1);
-    match SYSCALLS.get_ptr_mut(&key) {
-        Some(bits) => {
-            let bits = unsafe { &mut *bits };
-            let mut i = 0;
-            while i < SYSCALL_WORDS {
-                bits[i] |= slot[2 + i];
-                i += 1;
-            }
+    let or_slot_into = |bits: &mut [u64; SYSCALL_WORDS]| {
+        let mut i = 0;
+        while i < SYSCALL_WORDS {
+            bits[i] |= slot[2 + i];
+            i += 1;
         }
+    };
+    match SYSCALLS.get_ptr_mut(&key) {
+        Some(bits) => or_slot_into(unsafe { &mut *bits }),
         None => {
             let mut bits = [0u64; SYSCALL_WORDS];
-            let mut i = 0;
-            while i < SYSCALL_WORDS {
-                bits[i] = slot[2 + i];
-                i += 1;
-            }
+            or_slot_into(&mut bits);
             let _ = SYSCALLS.insert(&key, &bits, 0);
         }
     }

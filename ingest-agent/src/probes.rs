@@ -16,8 +16,21 @@ use imprint_ebpf_common::{
     SYSCALL_WORDS, SyscallSlot, maps,
 };
 
-/// The compiled programs, built by build.rs for the BPF target.
+/// The compiled programs, built by build.rs for the BPF target (empty when it could not:
+/// [`NOT_BUILT`]).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imprint-probes"));
+
+/// Why this agent was built without its eBPF programs, if it was (build.rs found no
+/// bpf-linker); such an agent cannot capture anything and refuses to start.
+pub const NOT_BUILT: Option<&str> = option_env!("IMPRINT_EBPF_NOT_BUILT");
+
+/// The embedded object, or why there is none.
+fn object() -> Result<&'static [u8], ProbeError> {
+    match NOT_BUILT {
+        Some(reason) => Err(ProbeError::NotBuilt(reason)),
+        None => Ok(OBJECT),
+    }
+}
 
 /// Programs attached and detached together. The three high-volume groups share the raw
 /// `sys_enter` program (each has a `CAPTURE` bit switching its part of it); it is attached
@@ -91,6 +104,10 @@ impl Group {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
+        "this imprint-agent was built without its eBPF programs: {0}; build it again after installing the toolchain"
+    )]
+    NotBuilt(&'static str),
+    #[error(
         "the kernel refused to load the eBPF object: {0}\n(the agent needs root, or CAP_BPF + CAP_PERFMON, and a kernel with BTF and ring buffers, 5.8 or later)"
     )]
     Load(#[source] aya::EbpfError),
@@ -146,7 +163,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_ROOT_CGROUP, &root_cgroup, true)
             .override_global(GLOBAL_SYSCALL_SLOT_MASK, &slot_mask, true)
-            .load(OBJECT)
+            .load(object()?)
             .map_err(ProbeError::Load)?;
         let program: &mut RawTracePoint = program_mut(&mut ebpf, SYS_ENTER)?;
         program.load().map_err(failed(SYS_ENTER, "verifier"))?;
@@ -277,7 +294,9 @@ pub struct EmptySysEnter {
 impl EmptySysEnter {
     pub fn attach() -> Result<EmptySysEnter, ProbeError> {
         const NAME: &str = "empty_sys_enter";
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(ProbeError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(object()?)
+            .map_err(ProbeError::Load)?;
         let program: &mut RawTracePoint = program_mut(&mut ebpf, NAME)?;
         program.load().map_err(failed(NAME, "verifier"))?;
         // The link belongs to the program: dropping `ebpf` detaches it.

@@ -4,10 +4,10 @@
 //! - `ingest`: the ingest benchmark of bench/README.md — end-to-end items/s and ack
 //!   latency with 1, 4 and 16 concurrent agents against the real `imprintd` (WAL
 //!   fsync'd), the in-process ceiling on the same batches, and bytes on disk per item.
-//! - `agent`: the agent benchmark — overhead on a syscall loop and a realistic workload, bare vs
-//!   attached, and the agent's own CPU and RSS watching busy containers (root).
+//!
+//! The agent benchmark is its own package (`bench/agent`, binary `imprint-bench-agent`), so
+//! this one needs neither the agent nor the eBPF toolchain.
 
-mod agent;
 mod ingest;
 mod policies;
 mod profiles;
@@ -54,11 +54,6 @@ enum Command {
     Profiles(profiles::ProfilesArgs),
     /// Run the policy benchmark: ingest with 100 policies over 1,000 learned images vs none.
     Policies(policies::PoliciesArgs),
-    /// Run the agent benchmark and print its figures (needs root).
-    Agent(agent::AgentArgs),
-    /// Make N getppid() calls in 10 chunks and print the nanoseconds per call of the fastest (the agent benchmark's loop).
-    #[command(hide = true)]
-    SyscallLoop { calls: u64 },
 }
 
 #[tokio::main]
@@ -113,8 +108,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Ingest(args) => ingest::run(args).await?,
         Command::Profiles(args) => profiles::run(args).await?,
         Command::Policies(args) => policies::run(args).await?,
-        Command::Agent(args) => agent::run(args)?,
-        Command::SyscallLoop { calls } => agent::syscall_loop(calls),
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub struct AgentArgs {
 /// Chunks a syscall-loop run is cut into; the fastest one is reported.
 const LOOP_CHUNKS: u64 = 10;
 
-/// `imprint-bench syscall-loop N`: N getppid() calls in [`LOOP_CHUNKS`] chunks; prints the
+/// `imprint-bench-agent syscall-loop N`: N getppid() calls in [`LOOP_CHUNKS`] chunks; prints the
 /// nanoseconds per call of the fastest chunk. On a shared machine a run is slowed by whatever
 /// else gets the core meanwhile (rounds of one setting differ by 30 %); the fastest chunk is
 /// the cost of the call itself, bare or hooked alike.
@@ -226,7 +226,7 @@ pub fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| exe.with_file_name("imprint-agent"));
     if !agent.exists() {
         return Err(format!(
-            "{} not found: build it (cargo build --release --workspace) or pass --agent",
+            "{} not found: build it (cargo build --release -p imprint-agent -p imprint-bench-agent) or pass --agent",
             agent.display()
         )
         .into());

@@ -21,7 +21,8 @@ pub fn ebpf_unavailable() -> Option<String> {
     } else if imprint_agent::attribution::cgroups::find_mount().is_none() {
         Some("no cgroup v2 mount".to_string())
     } else {
-        None
+        imprint_agent::probes::NOT_BUILT
+            .map(|why| format!("the agent was built without its eBPF programs: {why}"))
     };
     if let Some(reason) = &reason
         && std::env::var("IMPRINT_REQUIRE_EBPF").as_deref() == Ok("1")
@@ -31,12 +32,12 @@ pub fn ebpf_unavailable() -> Option<String> {
     reason
 }
 
-/// Prints the skip loudly; use as `let Some(()) = require_ebpf("test name") else { return };`.
+/// Records the skip ([`crate::skip`]); use as
+/// `let Some(()) = require_ebpf("what the test is") else { return };`.
 pub fn require_ebpf(test: &str) -> Option<()> {
     match ebpf_unavailable() {
         Some(reason) => {
-            eprintln!("\n*** SKIPPED: {test}: {reason} ***\n");
-            println!("SKIPPED: {test}: {reason}");
+            crate::skip::skipped(&format!("{test}: {reason}"));
             None
         }
         None => Some(()),

@@ -22,28 +22,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The directory of the built binaries (next to the test executable).
-pub fn bin_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("IMPRINT_BIN_DIR") {
-        return PathBuf::from(d);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test exe in target/<profile>/deps")
-        .to_path_buf()
-}
-
-pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace` (or the README's test command) first",
-        p.display()
-    );
-    p
-}
+pub use binaries::bin;
 
 pub use imprint_bench::free_loopback_port as free_port;
 
@@ -513,10 +492,10 @@ pub fn test_python() -> Option<PathBuf> {
             p.display()
         );
     }
-    eprintln!(
-        "\n======== SKIPPED: no test venv at {} — run ./test.sh to create it (needs PyPI) ========\n",
+    skip::skipped(&format!(
+        "no test venv at {} (./test.sh creates it; needs PyPI)",
         p.display()
-    );
+    ));
     None
 }
 
@@ -628,5 +607,7 @@ impl Drop for Moto {
     }
 }
 pub mod agent;
+pub mod binaries;
 pub mod osv;
+pub mod skip;
 pub mod slt;

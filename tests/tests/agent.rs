@@ -1,6 +1,7 @@
 //! The node agent on the real kernel: real eBPF programs, real cgroups and podman containers,
-//! strace as the oracle, the real server. Needs root; prints `SKIPPED: <reason>` loudly where it
-//! cannot run, and fails instead when `IMPRINT_REQUIRE_EBPF=1` (the test command sets it as root).
+//! strace as the oracle, the real server. Needs root; records a skip with its reason
+//! (`imprint_e2e::skip`) where it cannot run, and fails instead when `IMPRINT_REQUIRE_EBPF=1`
+//! (the test command sets it as root).
 //!
 //! The tests run one at a time (a lock): each agent sees every process on the machine, and the
 //! workloads use fixed ports.

@@ -57,6 +57,14 @@ cur.execute("SELECT key, count FROM fingerprints WHERE kind = $1 AND count > $2 
 out["bound"] = cur.fetch_arrow_table().to_pylist()
 cur.execute("SELECT count(*) AS n FROM fingerprints WHERE key LIKE $1", ("/etc/%",))
 out["count"] = cur.fetch_arrow_table().to_pylist()
+# `?` placeholders, as ADBC/JDBC/ODBC users write them; a `?` in a literal is not one.
+cur.execute("SELECT key, '?' AS q FROM fingerprints WHERE kind = ? AND count > ? ORDER BY key", ("file_read", 2))
+out["question_marks"] = cur.fetch_arrow_table().to_pylist()
+try:
+    cur.execute("SELECT key FROM fingerprints WHERE kind = $1 AND count > ?", ("file_read", 2))
+    out["mixed"] = None
+except Exception as e:
+    out["mixed"] = str(e)
 objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
 out["catalogs"] = sorted(c["catalog_name"] for c in objects)
 out["tables"] = sorted(
@@ -140,6 +148,15 @@ async fn python_adbc_queries_binds_parameters_and_reads_metadata() {
         serde_json::json!([{"key": "/etc/hosts", "count": 3}, {"key": "/etc/resolv.conf", "count": 5}])
     );
     assert_eq!(v["count"], serde_json::json!([{"n": 3}]));
+    assert_eq!(
+        v["question_marks"],
+        serde_json::json!([{"key": "/etc/hosts", "q": "?"}, {"key": "/etc/resolv.conf", "q": "?"}])
+    );
+    let mixed = v["mixed"].as_str().unwrap();
+    assert!(
+        mixed.contains("INVALID_ARGUMENT") && mixed.contains("mixes `?` placeholders"),
+        "{mixed}"
+    );
     assert_eq!(v["catalogs"], serde_json::json!(["datafusion"]));
     let tables: Vec<&str> = v["tables"]
         .as_array()

@@ -32,7 +32,7 @@ fn require(tool: &Path, how: &str) -> bool {
     if std::env::var("CI").is_ok() {
         panic!("{msg}");
     }
-    eprintln!("\n======== SKIPPED: {msg} ========\n");
+    imprint_e2e::skip::skipped(&msg);
     false
 }
 

@@ -13,6 +13,7 @@ pub mod flight;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod placeholders;
 pub mod query;
 pub mod serve;
 pub mod status;

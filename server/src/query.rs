@@ -89,8 +89,8 @@ impl QueryRunner {
         Ok(SessionContext::new_with_state(state))
     }
 
-    /// Waits for a slot (until the deadline) and plans `sql`; `bind` may bind
-    /// parameters to the plan.
+    /// Waits for a slot (until the deadline) and plans `sql` (its `?` placeholders numbered,
+    /// [`crate::placeholders`]); `bind` may bind parameters to the plan.
     pub async fn plan(
         &self,
         sql: &str,
@@ -106,8 +106,10 @@ impl QueryRunner {
                 ))
             })?
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let sql =
+            crate::placeholders::number_question_marks(sql).map_err(Status::invalid_argument)?;
         let ctx = self.session()?;
-        let df = tokio::time::timeout_at(deadline, ctx.sql(sql))
+        let df = tokio::time::timeout_at(deadline, ctx.sql(&sql))
             .await
             .map_err(|_| self.deadline_status())?
             .map_err(|e| self.error_status(e))?;

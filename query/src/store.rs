@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
@@ -109,10 +111,22 @@ pub fn new_session(
     config: SessionConfig,
     runtime: RuntimeEnvBuilder,
 ) -> Result<SessionContext> {
-    let runtime = runtime.build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let url = Url::parse(STORE_URL).expect("constant URL");
-    ctx.register_object_store(&url, object_store);
+    // The only store a session knows is Imprint's own: DataFusion's default registry also
+    // serves `file://` (the whole local disk, as the server's user), and its default table
+    // factories let `CREATE EXTERNAL TABLE` read any path or URL with it.
+    let stores = DefaultObjectStoreRegistry::new();
+    let _local_disk = stores.deregister_store(&Url::parse("file://").expect("constant URL"));
+    stores.register_store(&Url::parse(STORE_URL).expect("constant URL"), object_store);
+    let runtime = runtime
+        .with_object_store_registry(Arc::new(stores))
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_table_factories(HashMap::new())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     for t in StoredTable::ALL {
         ctx.register_table(t.name(), Arc::new(ImprintTable::new(t, source.clone())))?;
     }

@@ -164,6 +164,26 @@ impl Auth {
     }
 }
 
+/// Who sent a gRPC request, as [`GrpcAuthLayer`] found: a request extension, so handlers can
+/// keep what one token made apart from another's.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The token's id; `None` with authentication off (`--insecure-no-auth`) or on routes
+    /// that need no token.
+    pub token_id: Option<String>,
+}
+
+impl Caller {
+    /// The caller of `request` (nobody in particular if the auth layer did not run).
+    pub fn of<T>(request: &tonic::Request<T>) -> Caller {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 /// A tower layer that checks the scope of every gRPC request by its path.
 #[derive(Debug, Clone)]
 pub struct GrpcAuthLayer {
@@ -221,7 +241,13 @@ where
             }
         };
         match decision {
-            Ok(_) => Box::pin(self.inner.call(req)),
+            Ok(token) => {
+                let mut req = req;
+                req.extensions_mut().insert(Caller {
+                    token_id: token.map(|t| t.id),
+                });
+                Box::pin(self.inner.call(req))
+            }
             Err(e) => {
                 let status = crate::status::auth_status(e);
                 Box::pin(async move { Ok(status.into_http()) })

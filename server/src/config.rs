@@ -107,6 +107,33 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_MAX_CONCURRENT_QUERIES", default_value_t = 16)]
     pub max_concurrent_queries: usize,
 
+    /// Arrow IPC bytes one query's result may stream. A larger result is cut off with
+    /// RESOURCE_EXHAUSTED (add a LIMIT or a narrower WHERE).
+    #[arg(long, env = "IMPRINT_MAX_RESULT_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_result_bytes: u64,
+
+    /// Longest SQL text a query or prepared statement may have.
+    #[arg(long, env = "IMPRINT_MAX_SQL_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_sql_bytes: u64,
+
+    /// Prepared statements open at once, over all clients; creating one more fails with
+    /// RESOURCE_EXHAUSTED until some are closed.
+    #[arg(long, env = "IMPRINT_MAX_PREPARED_STATEMENTS", default_value_t = 4096)]
+    pub max_prepared_statements: usize,
+
+    /// Prepared statements one token (or, without auth, the whole server) may have open.
+    #[arg(
+        long,
+        env = "IMPRINT_MAX_PREPARED_STATEMENTS_PER_TOKEN",
+        default_value_t = 256
+    )]
+    pub max_prepared_statements_per_token: usize,
+
+    /// Bytes of parameter data one DoPut may send to bind a prepared statement; the
+    /// upload is stopped as soon as it goes over.
+    #[arg(long, env = "IMPRINT_MAX_PARAMETER_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_parameter_bytes: u64,
+
     /// Turn authentication off: every request is allowed. For local experiments
     /// only; a warning is logged at start.
     #[arg(long, env = "IMPRINT_INSECURE_NO_AUTH")]

@@ -22,6 +22,7 @@ use crate::auth::{Auth, GrpcAuthLayer};
 use crate::config::{ObjectStoreKind, ServeArgs};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::flight::FlightSql;
+use crate::flight::prepared::PreparedLimits;
 use crate::ingest::{AgentConfigService, IngestService};
 use crate::query::QueryLimits;
 use crate::tls::TlsIdentity;
@@ -128,6 +129,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         memory_bytes: args.query_memory_limit as usize,
         timeout: args.query_timeout,
         max_concurrent: args.max_concurrent_queries,
+        max_result_bytes: args.max_result_bytes,
+        max_sql_bytes: args.max_sql_bytes as usize,
+    };
+    let prepared_limits = PreparedLimits {
+        total: args.max_prepared_statements,
+        per_token: args.max_prepared_statements_per_token,
+        parameter_bytes: args.max_parameter_bytes as usize,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let persister_stop = Arc::new(Notify::new());
@@ -167,6 +175,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 FlightServiceServer::new(FlightSql::new(
                     engine.clone(),
                     query_limits,
+                    prepared_limits,
                     auth.clone(),
                 ))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)

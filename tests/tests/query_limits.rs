@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use arrow_flight::error::FlightError;
 use imprint_bench::{Fleet, FleetSpec};
 use imprint_e2e::Imprintd;
+use prost::Message;
 use tonic::Code;
 
 /// The server's status inside the client's error (the client nests it while
@@ -99,5 +100,153 @@ async fn memory_and_time_limits_stop_one_query_not_the_server() {
     assert_eq!(
         server.scalar_i64("SELECT count(*) FROM fingerprints").await,
         rows
+    );
+}
+
+/// `--max-result-bytes` cuts off a result that is too large, `--max-sql-bytes` refuses SQL that
+/// is too long; a small query still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn result_and_sql_sizes_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(
+        &dir.path().join("data"),
+        &["--max-result-bytes", "64KiB", "--max-sql-bytes", "1KiB"],
+    );
+    // About 1 MB of strings: over 64 KiB.
+    let big = "SELECT repeat('x', 1000) AS s FROM generate_series(1, 1000)";
+    let status = status_of(server.try_sql(big).await.unwrap_err());
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-result-bytes"),
+        "{}",
+        status.message()
+    );
+    let long = format!("SELECT 1 AS a /* {} */", "y".repeat(2000));
+    let status = status_of(server.try_sql(&long).await.unwrap_err());
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("--max-sql-bytes"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        server
+            .scalar_i64("SELECT count(*) FROM generate_series(1, 1000)")
+            .await,
+        1000
+    );
+}
+
+/// Prepared statements are capped per token and in total, and one token cannot use or close
+/// another's; bound parameters over `--max-parameter-bytes` are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_are_bounded_per_token_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(
+        &dir.path().join("data"),
+        &[
+            "--max-prepared-statements",
+            "3",
+            "--max-prepared-statements-per-token",
+            "2",
+            "--max-parameter-bytes",
+            "4KiB",
+        ],
+    );
+    let (ok, reader, err) = server.cli(&["token", "create", "--scope", "read", "--name", "r"]);
+    assert!(ok, "{err}");
+    let mut admin = server.flight().await;
+    let mut other = server.flight().await;
+    other.set_token(reader.trim().to_string());
+
+    let mut a1 = admin
+        .prepare("SELECT $1::BIGINT + 1 AS n".into(), None)
+        .await
+        .unwrap();
+    let _a2 = admin.prepare("SELECT 2 AS n".into(), None).await.unwrap();
+    let status = status_of(
+        admin
+            .prepare("SELECT 3 AS n".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("--max-prepared-statements-per-token"),
+        "{}",
+        status.message()
+    );
+    // The other token still has room until the server is full; its statement made with the
+    // raw action, to learn the handle.
+    let create = arrow_flight::sql::ActionCreatePreparedStatementRequest {
+        query: "SELECT 4 AS n".into(),
+        transaction_id: None,
+    };
+    let mut results = other
+        .do_action(arrow_flight::Action {
+            r#type: "CreatePreparedStatement".to_string(),
+            body: arrow_flight::sql::ProstMessageExt::as_any(&create)
+                .encode_to_vec()
+                .into(),
+        })
+        .await
+        .unwrap();
+    let result = results.message().await.unwrap().unwrap();
+    let created: arrow_flight::sql::ActionCreatePreparedStatementResult =
+        arrow_flight::sql::Any::decode(&*result.body)
+            .unwrap()
+            .unpack()
+            .unwrap()
+            .unwrap();
+    let status = status_of(
+        other
+            .prepare("SELECT 5 AS n".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        status.message().contains("(--max-prepared-statements)"),
+        "{}",
+        status.message()
+    );
+
+    // The admin cannot run the other token's statement by its handle.
+    let cmd = arrow_flight::sql::CommandPreparedStatementQuery {
+        prepared_statement_handle: created.prepared_statement_handle,
+    };
+    let ticket =
+        arrow_flight::Ticket::new(arrow_flight::sql::ProstMessageExt::as_any(&cmd).encode_to_vec());
+    let status = status_of(admin.do_get(ticket).await.unwrap_err());
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // Parameters: one small row binds; a 10 KB string is over the 4 KiB limit.
+    let small = arrow::array::RecordBatch::try_from_iter([(
+        "$1",
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![41])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    a1.set_parameters(small).unwrap();
+    let info = a1.execute().await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let rows: Vec<arrow::array::RecordBatch> =
+        futures::TryStreamExt::try_collect(admin.do_get(ticket).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(imprint_e2e::scalar_i64(&rows), 42);
+    let big = arrow::array::RecordBatch::try_from_iter([(
+        "$1",
+        std::sync::Arc::new(arrow::array::StringArray::from(vec!["z".repeat(10_000)]))
+            as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    a1.set_parameters(big).unwrap();
+    let status = status_of(a1.execute().await.unwrap_err());
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-parameter-bytes"),
+        "{}",
+        status.message()
     );
 }

@@ -14,7 +14,7 @@
 //! nullability included: every batch is conformed to it before it is sent.
 
 mod metadata;
-mod prepared;
+pub mod prepared;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,18 +43,18 @@ use datafusion::datasource::TableType;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 use datafusion::scalar::ScalarValue;
-use futures::{Stream, TryStreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Auth, Scope};
+use crate::auth::{Auth, Caller, Scope};
 use crate::engine::Engine;
 use crate::query::{Planned, QueryLimits, QueryRunner};
 use crate::status::auth_status;
 use crate::status::query_status;
 use base64::Engine as _;
 use metadata::{SQL_INFO, XDBC_TYPES};
-use prepared::PreparedStatements;
+use prepared::{Owner, PreparedLimits, PreparedStatements};
 
 #[derive(Debug, Clone)]
 pub struct FlightSql {
@@ -65,13 +65,18 @@ pub struct FlightSql {
 }
 
 impl FlightSql {
-    pub fn new(engine: Arc<Engine>, limits: QueryLimits, auth: Auth) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: QueryLimits,
+        prepared: PreparedLimits,
+        auth: Auth,
+    ) -> Self {
         let queries = Arc::new(QueryRunner::new(engine.session().clone(), limits));
         Self {
             engine,
             auth,
             queries,
-            prepared: Arc::new(PreparedStatements::default()),
+            prepared: Arc::new(PreparedStatements::new(prepared)),
         }
     }
 
@@ -80,12 +85,13 @@ impl FlightSql {
         self.queries.plan(sql, |df| bind(df, params)).await
     }
 
-    fn prepared(&self, handle: &[u8]) -> Result<prepared::Prepared, Status> {
+    /// The prepared statement `handle` of `owner`; another token's statement is not found.
+    fn prepared(&self, owner: &Owner, handle: &[u8]) -> Result<prepared::Prepared, Status> {
         let handle = std::str::from_utf8(handle)
             .map_err(|_| Status::invalid_argument("prepared statement handle is not UTF-8"))?;
-        self.prepared.get(handle).ok_or_else(|| {
+        self.prepared.get(owner, handle).ok_or_else(|| {
             Status::not_found(format!(
-                "no prepared statement {handle:?}: it was closed or the server restarted"
+                "no prepared statement {handle:?} of this token: it was closed, the server restarted, or another token made it"
             ))
         })
     }
@@ -139,6 +145,7 @@ fn flight_info(
 
 async fn stream_result(planned: Planned) -> Result<Response<DoGetStream>, Status> {
     let schema = result_schema(&planned.df);
+    let max_bytes = planned.limits().max_result_bytes;
     let batches = planned.execute().await?;
     let target = schema.clone();
     let batches = batches
@@ -148,13 +155,34 @@ async fn stream_result(planned: Planned) -> Result<Response<DoGetStream>, Status
                 imprint_query::schema::conform(&b, &target).map_err(FlightError::Arrow),
             )
         });
-    let out: DoGetStream = Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from),
-    );
-    Ok(Response::new(out))
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from);
+    Ok(Response::new(Box::pin(limit_bytes(encoded, max_bytes))))
+}
+
+/// Ends `data` with RESOURCE_EXHAUSTED once it has sent more than `max_bytes`
+/// (`--max-result-bytes`).
+fn limit_bytes(
+    data: impl Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static,
+    max_bytes: u64,
+) -> impl Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static {
+    data.scan(0u64, move |sent, item| {
+        if *sent > max_bytes {
+            return futures::future::ready(None); // the error below was the last item
+        }
+        let item = item.and_then(|d| {
+            *sent += (d.data_header.len() + d.data_body.len() + d.app_metadata.len()) as u64;
+            if *sent > max_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "the result is larger than the limit of {max_bytes} bytes (--max-result-bytes); add a LIMIT or a narrower WHERE"
+                )));
+            }
+            Ok(d)
+        });
+        futures::future::ready(Some(item))
+    })
 }
 
 /// The `FlightInfo` of a metadata command: its result schema and one endpoint
@@ -315,12 +343,14 @@ impl FlightSqlService for FlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let planned = self.plan(&query.query, None).await?;
         let parameter_schema = parameter_schema(planned.df.logical_plan())?;
         let dataset_schema = result_schema(&planned.df);
-        let handle = self.prepared.insert(query.query);
+        let handle = self
+            .prepared
+            .insert(Caller::of(&request).token_id, query.query)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into_bytes().into(),
             dataset_schema: schema_ipc(&dataset_schema)?,
@@ -331,10 +361,11 @@ impl FlightSqlService for FlightSql {
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
-        self.prepared.remove(&handle);
+        self.prepared
+            .remove(&Caller::of(&request).token_id, &handle);
         Ok(())
     }
 
@@ -344,14 +375,29 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
-        self.prepared(&query.prepared_statement_handle)?;
-        let data = request
-            .into_inner()
-            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let owner = Caller::of(&request).token_id;
+        self.prepared(&owner, &query.prepared_statement_handle)?;
+        // Counted as it arrives: an upload over the limit stops before it is all in memory.
+        let max_bytes = self.prepared.limits().parameter_bytes;
+        let mut received = 0usize;
+        let data = request.into_inner().map(move |d| {
+            let d = d?;
+            received += d.data_header.len() + d.data_body.len() + d.app_metadata.len();
+            if received > max_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "the bound parameters are larger than {max_bytes} bytes (--max-parameter-bytes)"
+                )));
+            }
+            Ok(d)
+        });
+        let data = data.map_err(|s| FlightError::Tonic(Box::new(s)));
         let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
             .try_collect()
             .await
-            .map_err(|e| Status::invalid_argument(format!("reading the bound parameters: {e}")))?;
+            .map_err(|e| match e {
+                FlightError::Tonic(status) => *status,
+                e => Status::invalid_argument(format!("reading the bound parameters: {e}")),
+            })?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let params = match batches.iter().find(|b| b.num_rows() > 0) {
             None => Vec::new(),
@@ -367,7 +413,7 @@ impl FlightSqlService for FlightSql {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(query_status)?,
         };
-        self.prepared.bind(&handle, params);
+        self.prepared.bind(&owner, &handle, params);
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })
@@ -378,7 +424,10 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let p = self.prepared(&cmd.prepared_statement_handle)?;
+        let p = self.prepared(
+            &Caller::of(&request).token_id,
+            &cmd.prepared_statement_handle,
+        )?;
         let df = self.plan(&p.sql, p.params).await?;
         let info = flight_info(
             &result_schema(&df.df),
@@ -391,9 +440,12 @@ impl FlightSqlService for FlightSql {
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let p = self.prepared(&cmd.prepared_statement_handle)?;
+        let p = self.prepared(
+            &Caller::of(&request).token_id,
+            &cmd.prepared_statement_handle,
+        )?;
         stream_result(self.plan(&p.sql, p.params).await?).await
     }
 

@@ -11,14 +11,16 @@
 //! - top-level directory symlinks (`/bin` → `/usr/bin` on merged-/usr images).
 //!
 //! Bounded: at most [`MAX_PACKAGES`] packages and [`MAX_FILES`] files in all;
-//! what does not fit is left out and counted.
+//! what does not fit is left out and counted. Every read goes through
+//! [`ContainerRoot`]: resolved inside the container, regular files only, size- and
+//! time-capped.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use imprint_proto::ingest_v1::{InventoryReport, Package};
 
 use crate::paths;
+use crate::rootfs::ContainerRoot;
 
 pub const MAX_PACKAGES: usize = 20_000;
 pub const MAX_FILES: usize = 1_000_000;
@@ -54,14 +56,14 @@ impl Scan {
     }
 }
 
-/// Scans the filesystem rooted at `root` (e.g. `/proc/<pid>/root`).
-pub fn scan(root: &Path) -> Scan {
+/// Scans the container filesystem `root` ([`ContainerRoot`]: nothing it reads can leave it).
+pub fn scan(root: &ContainerRoot) -> Scan {
     let mut s = Scan::default();
     dpkg(root, &mut s);
     apk(root, &mut s);
     python(root, &mut s);
     for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-        if let Ok(target) = std::fs::read_link(root.join(dir)) {
+        if let Some(target) = root.read_link(dir) {
             let t = target.to_string_lossy();
             let abs = if t.starts_with('/') {
                 t.to_string()
@@ -74,8 +76,8 @@ pub fn scan(root: &Path) -> Scan {
     s
 }
 
-fn dpkg(root: &Path, s: &mut Scan) {
-    let Ok(status) = std::fs::read_to_string(root.join("var/lib/dpkg/status")) else {
+fn dpkg(root: &ContainerRoot, s: &mut Scan) {
+    let Ok(status) = root.read_to_string("/var/lib/dpkg/status") else {
         return;
     };
     for stanza in status.split("\n\n") {
@@ -87,7 +89,7 @@ fn dpkg(root: &Path, s: &mut Scan) {
                 .unwrap_or_default()
         };
         let name = field("Package");
-        if name.is_empty() || !field("Status").ends_with(" installed") {
+        if name.is_empty() || !field("Status").ends_with(" installed") || name.contains('/') {
             continue;
         }
         let arch = field("Architecture");
@@ -97,13 +99,14 @@ fn dpkg(root: &Path, s: &mut Scan) {
             .next()
             .unwrap_or("")
             .to_string();
-        let info = root.join("var/lib/dpkg/info");
-        let list = std::fs::read_to_string(info.join(format!("{name}:{arch}.list")))
-            .or_else(|_| std::fs::read_to_string(info.join(format!("{name}.list"))))
+        let info = "/var/lib/dpkg/info";
+        let list = root
+            .read_to_string(&format!("{info}/{name}:{arch}.list"))
+            .or_else(|_| root.read_to_string(&format!("{info}/{name}.list")))
             .unwrap_or_default();
         let files = list
             .lines()
-            .filter(|l| l.starts_with('/') && *l != "/." && !root.join(&l[1..]).is_dir())
+            .filter(|l| l.starts_with('/') && *l != "/." && !root.is_dir(l))
             .map(str::to_string)
             .collect();
         let version = field("Version");
@@ -118,8 +121,8 @@ fn dpkg(root: &Path, s: &mut Scan) {
     }
 }
 
-fn apk(root: &Path, s: &mut Scan) {
-    let Ok(db) = std::fs::read_to_string(root.join("lib/apk/db/installed")) else {
+fn apk(root: &ContainerRoot, s: &mut Scan) {
+    let Ok(db) = root.read_to_string("/lib/apk/db/installed") else {
         return;
     };
     for stanza in db.split("\n\n") {
@@ -147,29 +150,25 @@ fn apk(root: &Path, s: &mut Scan) {
     }
 }
 
-/// `site-packages` and `dist-packages` directories under the usual prefixes.
-fn python_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut prefixes = vec![root.join("usr/lib"), root.join("usr/local/lib")];
-    for top in ["opt", "srv", "app", "venv", "usr/local"] {
-        if let Ok(rd) = std::fs::read_dir(root.join(top)) {
-            for e in rd.flatten() {
-                prefixes.push(e.path().join("lib"));
-            }
+/// `site-packages` and `dist-packages` directories under the usual prefixes, as the
+/// container sees them.
+fn python_dirs(root: &ContainerRoot) -> Vec<String> {
+    let mut prefixes = vec!["/usr/lib".to_string(), "/usr/local/lib".to_string()];
+    for top in ["/opt", "/srv", "/app", "/venv", "/usr/local"] {
+        for e in root.read_dir(top).unwrap_or_default() {
+            prefixes.push(format!("{top}/{}/lib", e.name));
         }
     }
-    prefixes.push(root.join("venv/lib"));
+    prefixes.push("/venv/lib".into());
     let mut dirs = Vec::new();
     for p in prefixes {
-        let Ok(rd) = std::fs::read_dir(&p) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if !e.file_name().to_string_lossy().starts_with("python") {
+        for e in root.read_dir(&p).unwrap_or_default() {
+            if !e.name.starts_with("python") {
                 continue;
             }
             for sub in ["site-packages", "dist-packages"] {
-                let d = e.path().join(sub);
-                if d.is_dir() {
+                let d = format!("{p}/{}/{sub}", e.name);
+                if root.is_dir(&d) {
                     dirs.push(d);
                 }
             }
@@ -180,21 +179,12 @@ fn python_dirs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-fn python(root: &Path, s: &mut Scan) {
+fn python(root: &ContainerRoot, s: &mut Scan) {
     for dir in python_dirs(root) {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut infos: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "dist-info"))
-            .collect();
-        infos.sort();
-        // The directory as the container sees it.
-        let inside = format!("/{}", dir.strip_prefix(root).unwrap_or(&dir).display());
-        for info in infos {
-            let Ok(metadata) = std::fs::read_to_string(info.join("METADATA")) else {
+        let infos = root.read_dir(&dir).unwrap_or_default();
+        for info in infos.iter().filter(|e| e.name.ends_with(".dist-info")) {
+            let info = format!("{dir}/{}", info.name);
+            let Ok(metadata) = root.read_to_string(&format!("{info}/METADATA")) else {
                 continue;
             };
             let header = |k: &str| {
@@ -210,12 +200,14 @@ fn python(root: &Path, s: &mut Scan) {
             if name.is_empty() {
                 continue;
             }
-            let record = std::fs::read_to_string(info.join("RECORD")).unwrap_or_default();
+            let record = root
+                .read_to_string(&format!("{info}/RECORD"))
+                .unwrap_or_default();
             let files = record
                 .lines()
                 .filter_map(|l| l.split(',').next())
                 .filter(|p| !p.is_empty())
-                .map(|p| paths::absolute(&inside, p))
+                .map(|p| paths::absolute(&dir, p))
                 .collect();
             s.push(Package {
                 purl: format!("pkg:pypi/{}@{version}", name.to_ascii_lowercase()),
@@ -232,6 +224,7 @@ fn python(root: &Path, s: &mut Scan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn write(root: &Path, rel: &str, text: &str) {
         let p = root.join(rel);
@@ -278,7 +271,7 @@ mod tests {
         );
         std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
 
-        let s = scan(root);
+        let s = scan(&ContainerRoot::open(root, Default::default()).unwrap());
         let by: BTreeMap<&str, &Package> =
             s.packages.iter().map(|p| (p.name.as_str(), p)).collect();
         assert_eq!(by.len(), 4, "{:?}", s.packages);

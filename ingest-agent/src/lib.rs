@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod paths;
 pub mod probes;
 pub mod procfs;
+pub mod rootfs;
 pub mod scanner;
 pub mod settings_watch;
 pub mod shipper;

@@ -91,6 +91,15 @@ struct Args {
     /// Capture while the server has not said otherwise (`profiling.enabled` then rules).
     #[arg(long, env = "IMPRINT_PROFILING", default_value_t = true, action = clap::ArgAction::Set)]
     profiling: bool,
+    /// Largest container file the runtime scanner reads (package databases, RECORD files).
+    #[arg(long, env = "IMPRINT_SCAN_MAX_FILE_BYTES", default_value_t = 64 << 20)]
+    scan_max_file_bytes: u64,
+    /// Bytes the runtime scanner reads from one container in all.
+    #[arg(long, env = "IMPRINT_SCAN_MAX_BYTES", default_value_t = 512 << 20)]
+    scan_max_bytes: u64,
+    /// Longest one container's scan may take.
+    #[arg(long, env = "IMPRINT_SCAN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    scan_timeout: Duration,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "IMPRINT_LOG", default_value = "info")]
     log: String,
@@ -219,12 +228,18 @@ fn run(args: Args) -> Result<(), String> {
             scanner_on.clone(),
         ));
         let (scanner_config, scanner_metrics) = (shipper_config.clone(), metrics.clone());
+        let scan_limits = imprint_agent::rootfs::ScanLimits {
+            max_file_bytes: args.scan_max_file_bytes,
+            max_total_bytes: args.scan_max_bytes,
+            timeout: args.scan_timeout,
+        };
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("scanner".into())
             .spawn(move || {
                 scanner::run(
                     scanner_config,
+                    scan_limits,
                     resolved_rx,
                     scanner_on,
                     scanner_metrics,

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub containers: AtomicI64,
     pub inventories_sent: AtomicU64,
     pub inventory_failures: AtomicU64,
+    /// Container files the runtime scanner would not read (devices, FIFOs, too large,
+    /// unsafe paths).
+    pub inventory_refused_files: AtomicU64,
 }
 
 impl Metrics {
@@ -137,6 +140,12 @@ impl Metrics {
             "counter",
             "Image inventories that could not be sent (retried).",
             g(&self.inventory_failures).to_string(),
+        );
+        metric(
+            "imprint_agent_inventory_refused_files_total",
+            "counter",
+            "Container files the runtime scanner refused to read: not regular files, over --scan-max-file-bytes, or paths the kernel refused to resolve inside the container.",
+            g(&self.inventory_refused_files).to_string(),
         );
         metric(
             "imprint_agent_guard_trips_total",

@@ -17,6 +17,7 @@ use imprint_proto::ingest_v1::ingest_client::IngestClient;
 use crate::attribution::Resolved;
 use crate::inventory;
 use crate::metrics::Metrics;
+use crate::rootfs::{ContainerRoot, ScanLimits};
 use crate::shipper::ShipperConfig;
 
 /// How often pending digests are tried again.
@@ -33,6 +34,7 @@ fn a_pid(dir: &Path) -> Option<u32> {
 /// The scanner loop, on a thread of its own; `handle` runs the gRPC sends.
 pub fn run(
     config: ShipperConfig,
+    scan_limits: ScanLimits,
     resolved: Receiver<Resolved>,
     enabled: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -61,7 +63,34 @@ pub fn run(
             let Some(pid) = a_pid(&r.cgroup_dir) else {
                 continue;
             };
-            let scan = inventory::scan(Path::new(&format!("/proc/{pid}/root")));
+            let root = match ContainerRoot::open(
+                Path::new(&format!("/proc/{pid}/root")),
+                scan_limits,
+            ) {
+                Ok(root) => root,
+                Err(error) => {
+                    tracing::debug!(%image, pid, %error, "cannot open the container's root; trying later");
+                    continue;
+                }
+            };
+            let scan = inventory::scan(&root);
+            let refused = root.refusals();
+            if refused.not_regular + refused.too_large + refused.unsafe_paths > 0
+                || refused.budget_exhausted
+            {
+                tracing::warn!(
+                    %image,
+                    not_regular = refused.not_regular,
+                    too_large = refused.too_large,
+                    unsafe_paths = refused.unsafe_paths,
+                    budget_exhausted = refused.budget_exhausted,
+                    "the runtime scanner refused some of the container's files"
+                );
+                Metrics::add(
+                    &metrics.inventory_refused_files,
+                    (refused.not_regular + refused.too_large + refused.unsafe_paths) as u64,
+                );
+            }
             let files: usize = scan.packages.iter().map(|p| p.files.len()).sum();
             let packages = scan.packages.len();
             if scan.left_out > 0 {

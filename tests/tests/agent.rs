@@ -871,6 +871,20 @@ async fn the_runtime_scanner_inventories_a_debian_container_and_in_use_follows_i
     assert_eq!(grep, "grep|false|", "grep was never run: {rows:?}");
 }
 
+/// Builds `localhost/imprint-python:1` (`tests/containers/build-python-image.sh`) with the
+/// test venv's Python (it fetches the wheels).
+fn build_python_image(python: &Path) {
+    let built = Command::new(workspace_root().join("tests/containers/build-python-image.sh"))
+        .arg(python)
+        .output()
+        .expect("build-python-image.sh");
+    assert!(
+        built.status.success(),
+        "building the Python test image: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// In Use end to end with the real agent: a podman container of an image holding
 /// known-vulnerable PyPI releases under /opt/venv (`tests/containers/build-python-image.sh`:
 /// requests 2.19.0 with urllib3 1.23, jinja2 2.10) imports requests; the runtime scanner
@@ -885,15 +899,7 @@ async fn a_python_containers_imports_make_exactly_those_packages_in_use() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let built = Command::new(workspace_root().join("tests/containers/build-python-image.sh"))
-        .arg(&python)
-        .output()
-        .expect("build-python-image.sh");
-    assert!(
-        built.status.success(),
-        "building the Python test image: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_python_image(&python);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut run = ScannerRun::start(
         dir.path(),
@@ -1057,4 +1063,87 @@ async fn a_learned_workload_that_steps_outside_its_profile_raises_anomalies() {
             "{steady_item} is the learned loop"
         );
     }
+}
+
+/// The runtime scanner reads a hostile container's files without leaving it (issue 16, H2):
+/// the container plants a `RECORD` that is an absolute symlink to a file that exists only on
+/// the host, one linked to `/dev/zero`, and one that is a FIFO. The scan finishes (the
+/// inventory arrives: nothing hung), no line of the host file reaches the server, the device
+/// and the FIFO are refused and counted, the agent's memory stays bounded, and the real
+/// packages are still inventoried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_scanner_cannot_be_turned_against_the_host() {
+    let Some(()) = require_ebpf("agent: runtime scanner traps") else {
+        return;
+    };
+    let Some(python) = imprint_e2e::test_python() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    build_python_image(&python);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A file only the host has; the container links to its absolute path.
+    let host_secret = dir.path().join("host-only-secret");
+    std::fs::write(&host_secret, "HOSTSECRET/line,sha256=x,1\n").unwrap();
+    let secret = host_secret.display();
+    let script = format!(
+        "sp=$(echo /opt/venv/lib/python3*/site-packages); \
+         for p in evil zero fifo; do mkdir -p $sp/$p-1.0.dist-info; \
+           printf 'Metadata-Version: 2.1\\nName: %s\\nVersion: 1.0\\n\\n' $p > $sp/$p-1.0.dist-info/METADATA; done; \
+         ln -s {secret} $sp/evil-1.0.dist-info/RECORD; \
+         ln -s /dev/zero $sp/zero-1.0.dist-info/RECORD; \
+         mkfifo $sp/fifo-1.0.dist-info/RECORD; \
+         sleep 30"
+    );
+    let mut run = ScannerRun::start(
+        dir.path(),
+        "node-trap",
+        "localhost/imprint-python:1",
+        &script,
+    )
+    .await;
+    let (server, image) = (&run.server, run.digest.clone());
+    let files = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT package, count(path) FROM package_files WHERE image = '{image}' GROUP BY package ORDER BY package"
+            ))
+            .await,
+    );
+    let leaked = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM package_files WHERE image = '{image}' AND path LIKE '%HOSTSECRET%'"
+        ))
+        .await;
+    let packages = rows_as_text(
+        &server
+            .sql(&format!(
+                "SELECT package FROM packages WHERE image = '{image}' AND source = 'agent' AND package IN ('evil', 'zero', 'fifo', 'requests') ORDER BY package"
+            ))
+            .await,
+    );
+    let refused = run.agent.metric("inventory_refused_files_total");
+    let rss = run.agent.metric("rss_bytes");
+    run.stop();
+    println!("package files: {files:?}; refused: {refused}; rss: {rss}");
+    assert_eq!(leaked, 0, "a line of the host's file reached the server");
+    assert_eq!(packages, ["evil", "fifo", "requests", "zero"], "{files:?}");
+    assert!(
+        files.iter().any(|r| r.starts_with("requests|")),
+        "the real packages' files are still read: {files:?}"
+    );
+    assert!(
+        !files
+            .iter()
+            .any(|r| r.starts_with("evil|") || r.starts_with("zero|") || r.starts_with("fifo|")),
+        "a trap's RECORD was read: {files:?}"
+    );
+    assert!(
+        refused >= 2.0,
+        "the device and the FIFO were not counted as refused: {refused}"
+    );
+    assert!(
+        rss < (512 << 20) as f64,
+        "the agent's memory grew to {rss} bytes"
+    );
 }

@@ -9,8 +9,10 @@
 //! | CRI-O | `/kubepods/…/crio-<id>`, `…/crio-<id>.scope` |
 //!
 //! `<id>` is 64 lowercase hex characters. conmon's own cgroups (`libpod-conmon-…`,
-//! `crio-conmon-…`) are not containers. The nearest component that names a container wins, so a
-//! container's own sub-cgroups belong to it.
+//! `crio-conmon-…`) are not containers. The component nearest the root that names a container
+//! wins: the runtime made that one, while a container with a writable cgroupfs (systemd inside,
+//! `--privileged`, a delegated subtree) can make sub-cgroups of its own with any name — such as
+//! `libpod-<another container's id>` — and they still belong to it.
 
 use imprint_proto::digest::is_lower_hex64;
 
@@ -39,7 +41,7 @@ impl Runtime {
 
 /// The container a cgroup path belongs to: (runtime, 64-hex id).
 pub fn parse(path: &str) -> Option<(Runtime, String)> {
-    for component in path.rsplit('/') {
+    for component in path.split('/') {
         if let Some(found) = parse_component(component) {
             return Some(found);
         }
@@ -101,6 +103,23 @@ mod tests {
         ];
         for (path, runtime) in cases {
             assert_eq!(parse(&path), Some((runtime, ID.to_string())), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_sub_cgroup_named_like_another_container_still_belongs_to_its_own() {
+        let other = "0".repeat(64);
+        for path in [
+            format!("/machine.slice/libpod-{ID}.scope/libpod-{other}.scope"),
+            format!("/machine.slice/libpod-{ID}.scope/container/docker-{other}.scope"),
+            format!("/system.slice/docker-{ID}.scope/{other}"),
+            format!("/kubepods/besteffort/pod1/crio-{ID}/crio-{other}"),
+        ] {
+            assert_eq!(
+                parse(&path).map(|(_, id)| id),
+                Some(ID.to_string()),
+                "{path}"
+            );
         }
     }
 

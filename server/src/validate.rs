@@ -1,6 +1,8 @@
 //! Validation of incoming batches. A batch is refused whole on the first problem,
 //! with a message that names the field path, e.g.
 //! `fingerprints[3].items[7].key: port "70000" is not a number from 0 to 65535`.
+//! The one exception is an item key over [`MAX_KEY_BYTES`]: containers choose their paths,
+//! so such an item is dropped and counted ([`drop_oversized_keys`]) and the batch goes on.
 
 use std::collections::HashSet;
 
@@ -138,6 +140,7 @@ fn validate_fingerprint<'a>(
             return Err(invalid(at("key"), "is empty"));
         }
         if key.len() > MAX_KEY_BYTES {
+            // drop_oversized_keys runs first; reaching this is a bug in the caller.
             return Err(invalid(
                 at("key"),
                 format!(
@@ -166,6 +169,27 @@ fn validate_fingerprint<'a>(
         }
     }
     Ok(())
+}
+
+/// Removes the items whose key is longer than [`MAX_KEY_BYTES`] and counts each in its
+/// fingerprint's `completeness.dropped_events`; returns how many it removed.
+///
+/// A container chooses its file paths, so one absurd path must not make the server refuse
+/// the node's whole batch (every other container's window with it): the item is dropped and
+/// the window says it is incomplete.
+pub fn drop_oversized_keys(b: &mut FingerprintBatch) -> usize {
+    let mut dropped = 0;
+    for fp in &mut b.fingerprints {
+        let before = fp.items.len();
+        fp.items.retain(|i| i.key.len() <= MAX_KEY_BYTES);
+        let n = before - fp.items.len();
+        if n > 0 {
+            let c = fp.completeness.get_or_insert_with(Default::default);
+            c.dropped_events = c.dropped_events.saturating_add(n as u64);
+            dropped += n;
+        }
+    }
+    dropped
 }
 
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Invalid> {
@@ -254,7 +278,18 @@ mod tests {
             err(|b| b.fingerprints[0].items[0].key = String::new())
                 .starts_with("fingerprints[0].items[0].key: is empty")
         );
-        assert!(err(|b| b.fingerprints[0].items[0].key = "x".repeat(4097)).contains("4097 bytes"));
+        let mut long = good();
+        long.fingerprints[0].items[0].key = "x".repeat(4097);
+        assert_eq!(drop_oversized_keys(&mut long), 1);
+        assert_eq!(long.fingerprints[0].items.len(), 1);
+        assert_eq!(
+            long.fingerprints[0]
+                .completeness
+                .as_ref()
+                .map(|c| c.dropped_events),
+            Some(1)
+        );
+        assert!(validate_batch(&long, 0, NOW).is_ok());
         for bad in ["65536", "-1", "08", "http", ""] {
             let e = err(|b| b.fingerprints[0].items[1].key = bad.into());
             assert!(e.starts_with("fingerprints[0].items[1].key:"), "{bad}: {e}");

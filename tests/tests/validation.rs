@@ -1,5 +1,6 @@
 //! Every validation rule refuses the whole batch with INVALID_ARGUMENT, a message
-//! naming the field and the fingerprint's index, and stores nothing of it.
+//! naming the field and the fingerprint's index, and stores nothing of it — except an
+//! over-long item key, which is dropped and counted (the last test).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on any error
 use imprint_e2e::Imprintd;
@@ -86,11 +87,6 @@ async fn each_rule_refuses_the_whole_batch_with_a_precise_message() {
             "empty key",
             broken(6, |f| f.items[0].key.clear()),
             "fingerprints[1].items[0].key: is empty",
-        ),
-        (
-            "over-long key",
-            broken(7, |f| f.items[0].key = "/".repeat(4097)),
-            "fingerprints[1].items[0].key: 4097 bytes",
         ),
         (
             "port out of range",
@@ -209,5 +205,43 @@ async fn each_rule_refuses_the_whole_batch_with_a_precise_message() {
     assert_eq!(
         server.scalar_i64("SELECT count(*) FROM fingerprints").await,
         4
+    );
+}
+
+/// One item key over the limit (a container chose an absurd path) does not refuse the node's
+/// batch: that item is dropped and counted in the window's `dropped_events`, everything else
+/// is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_over_long_key_is_dropped_and_counted_not_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let mut hostile = fingerprint(1);
+    hostile.items.push(Item {
+        kind: ItemKind::FileRead as i32,
+        key: format!("/{}", "a".repeat(5000)),
+        count: 1,
+    });
+    let batch = FingerprintBatch {
+        agent_id: "agent".into(),
+        seq: 1,
+        fingerprints: vec![fingerprint(0), hostile],
+    };
+    server.push(batch).await.unwrap();
+    assert_eq!(
+        server.scalar_i64("SELECT count(*) FROM fingerprints").await,
+        4,
+        "both fingerprints' other items are stored"
+    );
+    assert_eq!(
+        server
+            .scalar_i64("SELECT CAST(sum(dropped_events) AS BIGINT) FROM windows WHERE container_id = 'container-1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        server
+            .scalar_i64("SELECT count(*) FROM fingerprints WHERE length(key) > 4096")
+            .await,
+        0
     );
 }

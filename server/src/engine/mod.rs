@@ -53,7 +53,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::alerts::AlertStats;
 use crate::dedup::AppliedSeqs;
-use crate::validate::{Invalid, validate_batch};
+use crate::validate::{Invalid, drop_oversized_keys, validate_batch};
 use crate::wal::{Wal, WalError};
 use buffer::{Buffer, PersistJob};
 
@@ -443,6 +443,16 @@ impl Engine {
         }
         if self.shared.wal_failed.load(Ordering::Relaxed) {
             return Err(IngestError::WalFailed("see the server log".into()));
+        }
+        let mut batch = batch;
+        let dropped = drop_oversized_keys(&mut batch);
+        if dropped > 0 {
+            tracing::warn!(
+                agent = %batch.agent_id,
+                seq = batch.seq,
+                dropped,
+                "items with keys over the length limit dropped (counted in dropped_events)"
+            );
         }
         let encoded = batch.encode_to_vec();
         validate_batch(&batch, encoded.len(), now_micros()).map_err(IngestError::Invalid)?;

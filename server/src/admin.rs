@@ -63,6 +63,17 @@ pub async fn create_token(
     scopes: &[String],
     expires_in_seconds: u64,
 ) -> Result<(TokenRecord, String), Status> {
+    create_token_with_secret(engine, name, scopes, expires_in_seconds, new_secret()).await
+}
+
+/// [`create_token`] for a secret made (and stored somewhere) beforehand.
+async fn create_token_with_secret(
+    engine: &Engine,
+    name: &str,
+    scopes: &[String],
+    expires_in_seconds: u64,
+    secret: String,
+) -> Result<(TokenRecord, String), Status> {
     let name = name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(Status::invalid_argument(
@@ -85,7 +96,6 @@ pub async fn create_token(
             clean.push(scope.name().to_string());
         }
     }
-    let secret = new_secret();
     let now = now_micros();
     let expires_micros = match expires_in_seconds {
         0 => None,
@@ -119,6 +129,11 @@ pub async fn create_token(
 
 /// On a store without tokens, creates an admin token and writes it to
 /// `<data-dir>/admin-token` with mode 0600. Returns the file's path when it did.
+///
+/// The file is created first, with `O_CREAT | O_EXCL` and mode 0600: a symlink
+/// or a file someone planted at that path is never written through, and the secret is on
+/// disk, readable only by this user, before the token is committed anywhere. If the commit
+/// fails the file is removed again.
 pub async fn bootstrap_admin_token(
     engine: &Engine,
     data_dir: &Path,
@@ -126,25 +141,38 @@ pub async fn bootstrap_admin_token(
     if !engine.catalog_state().tokens.is_empty() {
         return Ok(None);
     }
-    let (_, secret) = create_token(engine, "initial admin", &["admin".to_string()], 0).await?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     std::fs::create_dir_all(data_dir)
         .map_err(|e| Status::internal(format!("creating {}: {e}", data_dir.display())))?;
-    write_private(&path, &format!("{secret}\n"))
-        .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
+    let secret = new_secret();
+    write_new_private(&path, &format!("{secret}\n")).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Status::failed_precondition(format!(
+                "the store has no tokens, but {} already exists (left from another store, or planted): move it away and start again",
+                path.display()
+            ))
+        } else {
+            Status::internal(format!("writing {}: {e}", path.display()))
+        }
+    })?;
+    if let Err(e) =
+        create_token_with_secret(engine, "initial admin", &["admin".to_string()], 0, secret).await
+    {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(Some(path))
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+/// Creates `path` (never through a symlink, never over an existing file) with mode 0600.
+fn write_new_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?; // O_CREAT | O_EXCL: fails on any existing path, a symlink included
     f.write_all(content.as_bytes())?;
     f.sync_all()
 }

@@ -499,6 +499,38 @@ pub fn test_python() -> Option<PathBuf> {
     None
 }
 
+/// Runs the Python `script` with `args` and parses what it printed as JSON; panics with its
+/// stderr when it fails.
+pub fn run_python_json(python: &Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "Python script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+/// Runs `imprintd serve` on `data_dir` (ephemeral ports) for a start that is expected to fail:
+/// its exit status and stderr.
+pub fn serve_expecting_failure(data_dir: &Path) -> (ExitStatus, String) {
+    let out = Command::new(bin("imprintd"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run imprintd");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Total items in batches.
 pub fn item_count(batches: &[FingerprintBatch]) -> i64 {
     batches

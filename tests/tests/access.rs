@@ -377,3 +377,22 @@ async fn insecure_no_auth_lets_everything_in_and_says_so() {
         .await;
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// The first admin token is never written through a symlink planted at `<data-dir>/admin-token`
+/// (nor over any existing file): the server refuses to start, says why, and the link's target
+/// is untouched.
+#[test]
+fn the_admin_token_file_is_not_written_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let target = dir.path().join("where-the-attacker-reads");
+    std::os::unix::fs::symlink(&target, data.join("admin-token")).unwrap();
+    let (status, stderr) = imprint_e2e::serve_expecting_failure(&data);
+    assert!(!status.success(), "the server started: {stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(
+        !target.exists(),
+        "the token was written through the symlink"
+    );
+}

@@ -202,14 +202,8 @@ fn corruption_before_the_tail_stops_the_start_and_names_file_and_offset() {
     bytes[40] ^= 0x5a;
     std::fs::write(&seg, bytes).unwrap();
 
-    let out = std::process::Command::new(imprint_e2e::bin("imprintd"))
-        .args(["serve", "--data-dir"])
-        .arg(&data)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, err) = imprint_e2e::serve_expecting_failure(&data);
+    assert!(!status.success());
     assert!(err.contains(&seg.display().to_string()), "{err}");
     assert!(err.contains("byte offset 8"), "{err}");
 }

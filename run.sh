@@ -87,7 +87,7 @@ echo "imprintd is running: gRPC + Flight SQL on $IMPRINT_GRPC_ADDR, HTTP on $IMP
 echo "  $BIN/imprint sql \"SELECT * FROM fingerprints LIMIT 10\""
 echo "  $BIN/imprint sql \"SELECT image_name, state, confidence_files FROM profile_status\""
 echo "  $BIN/imprint settings set profiling.learning_period 2m && sleep 1 && $BIN/imprint profile list"
-echo "  curl -s http://$IMPRINT_HTTP_ADDR/metrics | head"
+echo "  curl -s http://$IMPRINT_HTTP_ADDR/healthz"
 echo "  (the admin token is in $IMPRINT_DATA_DIR/admin-token; docs/flight-sql.md connects Python ADBC)"
 echo "Press Ctrl-C to stop (everything is persisted to Parquet first)."
 wait "$SERVER"

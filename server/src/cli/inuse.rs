@@ -11,7 +11,7 @@ use imprint_proto::client::AuthedChannel;
 use tonic::transport::Channel;
 
 use super::profile::{Rows, quote, resolve};
-use super::{CliError, run_sql, status_error};
+use super::{CliError, run_sql_for_display, status_error};
 
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
@@ -160,7 +160,7 @@ pub async fn vulns(
     let digest = resolve(&channel, token, image).await?;
     let only = if in_use_only { " AND in_use" } else { "" };
     let rows = Rows(
-        run_sql(
+        run_sql_for_display(
             channel,
             token,
             &format!(

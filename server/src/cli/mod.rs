@@ -6,6 +6,7 @@
 pub mod inuse;
 pub mod output;
 pub mod policy;
+pub mod printable;
 pub mod profile;
 mod zip;
 
@@ -226,6 +227,17 @@ pub async fn run_sql(
     Ok(batches)
 }
 
+/// [`run_sql`] for output a person reads: text columns escaped ([`printable`]).
+pub async fn run_sql_for_display(
+    channel: Channel,
+    token: &str,
+    query: &str,
+) -> Result<Vec<RecordBatch>, CliError> {
+    Ok(printable::escape_batches(
+        run_sql(channel, token, query).await?,
+    )?)
+}
+
 fn micros_text(us: i64) -> String {
     if us == 0 {
         return "never".into();
@@ -245,7 +257,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.command {
         Command::Sql { query, format } => {
-            let batches = run_sql(channel, &token, &query).await?;
+            let mut batches = run_sql(channel, &token, &query).await?;
+            // What a terminal shows gets its control characters escaped; JSON escapes them
+            // itself and Arrow output keeps the bytes.
+            if matches!(format, OutputFormat::Table | OutputFormat::Csv) {
+                batches = printable::escape_batches(batches)?;
+            }
             output::write(&batches, format, &mut std::io::stdout().lock())?;
         }
         Command::Token(TokenCommand::Create {

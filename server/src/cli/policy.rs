@@ -15,7 +15,7 @@ use imprint_proto::client::{AuthedChannel, authed};
 use tonic::transport::Channel;
 
 use super::profile::{Rows, quote, resolve};
-use super::{CliError, micros_text, run_sql, status_error};
+use super::{CliError, micros_text, run_sql_for_display, status_error};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -99,7 +99,7 @@ pub async fn policy(
         }
         PolicyCommand::List => {
             let rows = Rows(
-                run_sql(
+                run_sql_for_display(
                     channel,
                     token,
                     "SELECT name, scope, categories, min_confidence, severity, enabled, \
@@ -168,6 +168,8 @@ fn line(
     key: &str,
 ) {
     let container = container.get(..12).unwrap_or(container);
+    // The streamed anomalies are not escaped on the way in, like the queried ones are.
+    let [image_name, container, key] = [image_name, container, key].map(super::printable::escape);
     println!(
         "{time:<20} {severity:<9} {policy:<16} {image_name:<28} {container:<14} {kind:<10} {confidence:<11} {key}"
     );
@@ -224,7 +226,7 @@ pub async fn anomalies(channel: Channel, token: &str, q: AnomalyQuery) -> Result
          confidence, key FROM anomalies {filter} ORDER BY time DESC, policy, kind, key {limit}) \
          ORDER BY time, policy, kind, key"
     );
-    let rows = Rows(run_sql(channel, token, &sql).await?);
+    let rows = Rows(run_sql_for_display(channel, token, &sql).await?);
     header();
     for r in rows.iter() {
         line(

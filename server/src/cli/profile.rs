@@ -14,7 +14,7 @@ use imprint_proto::digest::is_lower_hex64;
 use imprint_query::profile::Category;
 use tonic::transport::Channel;
 
-use super::{CliError, micros_text, run_sql, status_error};
+use super::{CliError, micros_text, run_sql_for_display, status_error};
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
@@ -99,7 +99,7 @@ pub(crate) async fn resolve(
         return Ok(image.to_string());
     }
     let rows = Rows(
-        run_sql(
+        run_sql_for_display(
             channel.clone(),
             token,
             &format!(
@@ -139,7 +139,7 @@ pub async fn show(
 ) -> Result<(), CliError> {
     let digest = resolve(&channel, token, image).await?;
     let status = Rows(
-        run_sql(
+        run_sql_for_display(
             channel.clone(),
             token,
             &format!(
@@ -155,7 +155,7 @@ pub async fn show(
         )));
     };
     let items = Rows(
-        run_sql(
+        run_sql_for_display(
             channel,
             token,
             &format!(
@@ -233,7 +233,7 @@ pub async fn show(
 /// `imprint profile list`.
 pub async fn list(channel: Channel, token: &str) -> Result<(), CliError> {
     let rows = Rows(
-        run_sql(
+        run_sql_for_display(
             channel,
             token,
             "SELECT image, image_name, state, observed_seconds, containers, nodes, completeness, \

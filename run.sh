@@ -31,7 +31,7 @@ unset IMPRINT_TOKEN
 if [ -x "$TARGET/release/imprintd" ]; then
   step "building the release binaries (imprint-server, imprint-bench)"
 else
-  step "building the release binaries (imprint-server, imprint-bench): the first build compiles DataFusion, about 15 minutes on 2 cores; later ones take seconds"
+  step "building the release binaries (imprint-server, imprint-bench): the first build compiles DataFusion, about 22 minutes on 2 cores; later ones take seconds"
 fi
 started=$(date +%s)
 cargo build --release -p imprint-server -p imprint-bench

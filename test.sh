@@ -36,6 +36,13 @@ check() { # check NAME COMMAND...: runs it, records the outcome
   CHECK_NAMES+=("$name")
 }
 
+# A first build of everything (debug tests + the release binaries of the run.sh check) takes
+# about 15 GB; a full disk shows up as linker crashes (SIGBUS) rather than a clear message.
+free_gb=$(df -Pk "${CARGO_TARGET_DIR:-.}" 2>/dev/null | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ -n "$free_gb" ] && [ "$free_gb" -lt 15 ]; then
+  echo "warning: only ${free_gb} GB free where the build goes; a first build needs about 15 GB"
+fi
+
 step "toolchain components"
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "warning: rustup could not add rustfmt/clippy (offline?); using what is installed"
@@ -74,7 +81,7 @@ check "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy"
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (the first build takes about 20 minutes on 2 cores)"
+step "cargo test (the first build takes 20-25 minutes on 2 cores)"
 LOG="$(mktemp)"
 export IMPRINT_SKIP_LOG="$(mktemp)"
 trap 'rm -f "$LOG" "$IMPRINT_SKIP_LOG"' EXIT

@@ -159,14 +159,7 @@ fn built_binary(line: &str) -> Option<(String, PathBuf)> {
 /// such as the eBPF sources the agent's build script watches, counts with every file in it).
 pub fn check_fresh(binary: &Path) -> Result<(), String> {
     let built = modified(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let dep_info = PathBuf::from(format!("{}.d", binary.display()));
-    let text = std::fs::read_to_string(&dep_info).map_err(|e| {
-        format!(
-            "{}: {e} (cargo writes it beside every binary it builds)",
-            dep_info.display()
-        )
-    })?;
-    let sources = dep_info_sources(&text);
+    let (dep_info, sources) = dep_info_of(binary)?;
     if sources.is_empty() {
         return Err(format!("{} lists no sources", dep_info.display()));
     }
@@ -190,13 +183,10 @@ pub fn check_fresh(binary: &Path) -> Result<(), String> {
 /// target directory (generated code) and under cargo's home (installed tools) do not count.
 pub fn check_built_here(binary: &Path) -> Result<(), String> {
     let root = workspace_root();
-    let dep_info = PathBuf::from(format!("{}.d", binary.display()));
-    let text =
-        std::fs::read_to_string(&dep_info).map_err(|e| format!("{}: {e}", dep_info.display()))?;
+    let (dep_info, sources) = dep_info_of(binary)?;
     // <target>/<profile>/<binary>
     let target = binary.parent().and_then(Path::parent);
     let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from);
-    let sources = dep_info_sources(&text);
     let elsewhere: Vec<_> = sources
         .iter()
         .filter(|p| !p.starts_with(&root))
@@ -217,6 +207,48 @@ pub fn check_built_here(binary: &Path) -> Result<(), String> {
 
 /// The prerequisites of a make-style dep-info file (`target: a b\ c …`; `\ ` is a space in a
 /// name).
+/// The dep-info file of `binary` and the sources it lists (relative ones resolved against the
+/// workspace root). Cargo writes `<binary>.d` beside the binary when it builds it; a build cut
+/// short (a full disk, Ctrl-C) can leave the binary without it, so the rustc dep-info of the
+/// same file in `deps/` (cargo hard-links `deps/<name>-<hash>` to `<binary>`) serves too.
+fn dep_info_of(binary: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    use std::os::unix::fs::MetadataExt;
+    let beside = PathBuf::from(format!("{}.d", binary.display()));
+    let mut candidates = vec![beside.clone()];
+    let inode = std::fs::metadata(binary).map(|m| m.ino()).ok();
+    if let (Some(dir), Some(name), Some(inode)) = (
+        binary.parent(),
+        binary.file_name().and_then(|n| n.to_str()),
+        inode,
+    ) && let Ok(entries) = std::fs::read_dir(dir.join("deps"))
+    {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            // rustc names it after the crate: `imprint-agent` is `deps/imprint_agent-<hash>`.
+            if file.starts_with(&format!("{}-", name.replace('-', "_")))
+                && !file.ends_with(".d")
+                && e.metadata().is_ok_and(|m| m.ino() == inode)
+            {
+                candidates.push(e.path().with_extension("d"));
+            }
+        }
+    }
+    let root = workspace_root();
+    for dep_info in candidates {
+        if let Ok(text) = std::fs::read_to_string(&dep_info) {
+            let sources = dep_info_sources(&text)
+                .into_iter()
+                .map(|p| if p.is_relative() { root.join(p) } else { p })
+                .collect();
+            return Ok((dep_info, sources));
+        }
+    }
+    Err(format!(
+        "{}: no dep-info file (cargo writes it beside every binary it builds, and rustc one in deps/)",
+        beside.display()
+    ))
+}
+
 fn dep_info_sources(text: &str) -> Vec<PathBuf> {
     let Some((_, deps)) = text.split_once(": ") else {
         return Vec::new();

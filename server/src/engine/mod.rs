@@ -1102,7 +1102,12 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
 
 /// Test hook: `IMPRINT_TEST_CRASH_AT=<point>` aborts the process at that step of
 /// persistence, so tests can prove a crash there loses and duplicates nothing.
-/// Points: `after_file_put`, `after_commit`, `before_wal_drop`.
+/// Points: `after_file_put`, `after_commit`, `before_wal_drop`. Only with the `test-hooks`
+/// feature (test builds); a release binary ignores the variable.
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_point: &str) {}
+
+#[cfg(feature = "test-hooks")]
 fn crash_point(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT

@@ -120,13 +120,17 @@ impl QueryRunner {
         Ok(SessionContext::new_with_state(state))
     }
 
-    /// Fresh catalogs with the base session's tables in them.
-    async fn catalogs(&self) -> Result<Arc<dyn CatalogProviderList>, Status> {
-        let tables = self
-            .tables
+    /// The base session's tables, read on first use.
+    async fn tables(&self) -> Result<&[CatalogTable], DataFusionError> {
+        self.tables
             .get_or_try_init(|| base_tables(&self.base))
             .await
-            .map_err(query_status)?;
+            .map(Vec::as_slice)
+    }
+
+    /// Fresh catalogs with the base session's tables in them.
+    async fn catalogs(&self) -> Result<Arc<dyn CatalogProviderList>, Status> {
+        let tables = self.tables().await.map_err(query_status)?;
         let list = MemoryCatalogProviderList::new();
         for t in tables {
             let catalog = match list.catalog(&t.catalog) {
@@ -156,11 +160,7 @@ impl QueryRunner {
 
     /// The names of the tables a query can read, sorted.
     async fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = match self
-            .tables
-            .get_or_try_init(|| base_tables(&self.base))
-            .await
-        {
+        let mut names: Vec<String> = match self.tables().await {
             Ok(tables) => tables.iter().map(|t| t.name.clone()).collect(),
             Err(_) => Vec::new(),
         };

@@ -162,6 +162,11 @@ async fn stream_result(planned: Planned) -> Result<Response<DoGetStream>, Status
     Ok(Response::new(Box::pin(limit_bytes(encoded, max_bytes))))
 }
 
+/// The bytes one Flight message carries, as the result and parameter limits count them.
+fn flight_data_bytes(d: &arrow_flight::FlightData) -> usize {
+    d.data_header.len() + d.data_body.len() + d.app_metadata.len()
+}
+
 /// Ends `data` with RESOURCE_EXHAUSTED once it has sent more than `max_bytes`
 /// (`--max-result-bytes`).
 fn limit_bytes(
@@ -173,7 +178,7 @@ fn limit_bytes(
             return futures::future::ready(None); // the error below was the last item
         }
         let item = item.and_then(|d| {
-            *sent += (d.data_header.len() + d.data_body.len() + d.app_metadata.len()) as u64;
+            *sent += flight_data_bytes(&d) as u64;
             if *sent > max_bytes {
                 return Err(Status::resource_exhausted(format!(
                     "the result is larger than the limit of {max_bytes} bytes (--max-result-bytes); add a LIMIT or a narrower WHERE"
@@ -382,7 +387,7 @@ impl FlightSqlService for FlightSql {
         let mut received = 0usize;
         let data = request.into_inner().map(move |d| {
             let d = d?;
-            received += d.data_header.len() + d.data_body.len() + d.app_metadata.len();
+            received += flight_data_bytes(&d);
             if received > max_bytes {
                 return Err(Status::resource_exhausted(format!(
                     "the bound parameters are larger than {max_bytes} bytes (--max-parameter-bytes)"

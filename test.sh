@@ -97,6 +97,16 @@ if [ "${IMPRINT_SKIP_RUN_SH:-}" != 1 ]; then
   check "./run.sh (check mode)" env IMPRINT_RUN_CHECK=1 IMPRINT_DATA_DIR="$RUN_DIR/data" \
     IMPRINT_GRPC_ADDR="127.0.0.1:$port" IMPRINT_HTTP_ADDR="127.0.0.1:$((port + 1))" ./run.sh
   rm -rf "$RUN_DIR"
+  # The crash hooks of the durability tests exist only with the test-hooks feature: the debug
+  # imprintd the tests built has them (so the search works), the release one run.sh built not.
+  target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  no_test_hooks() {
+    grep -q IMPRINT_TEST_CRASH_AT "$target_dir/debug/imprintd" \
+      || { echo "the debug imprintd has no test hooks either: the check proves nothing"; return 1; }
+    ! grep -q IMPRINT_TEST_CRASH_AT "$target_dir/release/imprintd" \
+      || { echo "the release imprintd contains the IMPRINT_TEST_CRASH_AT test hook"; return 1; }
+  }
+  check "release imprintd has no test hooks" no_test_hooks
 fi
 
 # Totals: libtest's per-binary lines, minus the tests that only returned early because they

@@ -137,6 +137,8 @@ impl Server {
                 &format!("127.0.0.1:{http}"),
             ])
             .args(["--max-buffer-bytes", "4GiB"])
+            // The fleets have fixed dates (2026-11-30): no window-age bound.
+            .args(["--max-window-age", "36500d"])
             .env("IMPRINT_LOG", level)
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub fingerprints_sent: AtomicU64,
     pub batches_sent: AtomicU64,
     pub batches_duplicate: AtomicU64,
+    pub batches_renumbered: AtomicU64,
     pub push_failures: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub spool_batches: AtomicU64,
@@ -104,6 +105,14 @@ impl Metrics {
             "counter",
             "Batches the server had applied already (a retry after a lost ack).",
             g(&self.batches_duplicate).to_string(),
+        );
+        metric(
+            "imprint_agent_batches_renumbered_total",
+            "counter",
+            "New batches whose seq the server had seen already or no longer tells apart (the \
+             clock stepped back with the spool lost, or another agent has this id): renumbered \
+             above the server's last seq and sent again.",
+            g(&self.batches_renumbered).to_string(),
         );
         metric(
             "imprint_agent_push_failures_total",

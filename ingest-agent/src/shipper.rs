@@ -31,6 +31,11 @@ pub struct Shipper {
     metrics: Arc<Metrics>,
     client: Option<IngestClient<AuthedChannel>>,
     last_seq: u64,
+    /// The first seq this process numbered: a batch at or above it was never sent by an
+    /// earlier run, so the server calling it a duplicate on its first attempt is a collision.
+    run_first_seq: Option<u64>,
+    /// The seq of the last push attempt (a duplicate ack on a retry is an ack lost before).
+    last_attempt: Option<u64>,
     /// Fingerprints the full spool refused, reported in the next batch's fingerprints.
     lost: u64,
     backoff: Duration,
@@ -45,17 +50,52 @@ impl Shipper {
             metrics,
             client: None,
             last_seq,
+            run_first_seq: None,
+            last_attempt: None,
             lost: 0,
             backoff: Duration::from_millis(200),
         }
     }
 
-    /// Seqs are microseconds of wall time (strictly increasing), so a restarted agent with the
-    /// same id continues above everything it sent before without keeping a counter.
+    /// Seqs are contiguous within a run (the server keeps one range per run), and a run starts
+    /// at its wall clock in microseconds or above the spool's last seq, whichever is higher: a
+    /// restarted agent continues above everything it sent before, even with its spool lost
+    /// (unless its clock also stepped back: then the server's answers make it renumber).
     fn next_seq(&mut self) -> u64 {
-        let now = crate::capture::now_micros().max(0) as u64;
-        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq = match self.run_first_seq {
+            Some(_) => self.last_seq + 1,
+            None => {
+                let now = crate::capture::now_micros().max(0) as u64;
+                let first = now.max(self.last_seq + 1);
+                self.run_first_seq = Some(first);
+                first
+            }
+        };
         self.last_seq
+    }
+
+    /// Renumbers the spool's oldest batch above both this agent's and the server's last seq,
+    /// and counts it; it goes out again after the others.
+    fn renumber_front(&mut self, seq: u64, server_last: u64, why: &str) {
+        let new_seq = self.last_seq.max(server_last) + 1;
+        tracing::warn!(
+            seq,
+            new_seq,
+            server_last,
+            "{why}: this agent's clock stepped back with its spool lost, or another agent has \
+             this --agent-id; renumbered and sent again"
+        );
+        match self.spool.renumber_front(new_seq) {
+            Ok(()) => {
+                self.last_seq = new_seq;
+                Metrics::add(&self.metrics.batches_renumbered, 1);
+            }
+            Err(error) => {
+                // Not lost: it stays at the front and is tried again.
+                tracing::error!(%error, "cannot renumber the spooled batch");
+                self.fail();
+            }
+        }
     }
 
     /// Runs until the capture loop's sender is gone and the spool is empty or the server away.
@@ -131,7 +171,12 @@ impl Shipper {
                 seq: self.next_seq(),
                 fingerprints,
             };
-            match self.spool.push(&batch) {
+            let result = self.spool.push(&batch);
+            if result.is_err() {
+                // The seq is used again, so the server's ranges have no gap.
+                self.last_seq -= 1;
+            }
+            match result {
                 Ok(()) => kept = true,
                 Err(error @ SpoolError::Full { .. }) => {
                     tracing::warn!(%error, fingerprints = batch.fingerprints.len(), "fingerprints lost");
@@ -181,9 +226,21 @@ impl Shipper {
             },
         };
         let fingerprints = batch.fingerprints.len() as u64;
+        let seq = batch.seq;
+        let retry = self.last_attempt == Some(seq);
+        self.last_attempt = Some(seq);
         match client.push(batch).await {
             Ok(ack) => {
                 let ack = ack.into_inner();
+                let numbered_by_this_run = self.run_first_seq.is_some_and(|first| seq >= first);
+                if ack.duplicate && numbered_by_this_run && !retry {
+                    self.renumber_front(
+                        seq,
+                        ack.agent_last_seq,
+                        "the server had this new batch's seq already",
+                    );
+                    return true;
+                }
                 if ack.duplicate {
                     Metrics::add(&self.metrics.batches_duplicate, 1);
                 } else {
@@ -193,6 +250,28 @@ impl Shipper {
                 self.spool.pop();
                 self.backoff = Duration::from_millis(200);
                 true
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                let server_last = status
+                    .metadata()
+                    .get(imprint_proto::AGENT_LAST_SEQ_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                match server_last {
+                    Some(server_last) => {
+                        self.renumber_front(
+                            seq,
+                            server_last,
+                            "the server no longer tells this seq apart",
+                        );
+                        true
+                    }
+                    None => {
+                        tracing::warn!(message = status.message(), "push refused; retrying");
+                        self.fail();
+                        false
+                    }
+                }
             }
             Err(status) if status.code() == Code::InvalidArgument => {
                 // Never accepted as it is: keep the rest flowing, say loudly what was wrong.

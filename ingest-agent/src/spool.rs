@@ -2,6 +2,9 @@
 //! has acknowledged it. So batches survive the server being away *and* the agent restarting, and
 //! go out in order (file names are the zero-padded seq). Bounded: a batch that would take the
 //! spool over its cap is not written, and its fingerprints are counted as lost.
+//!
+//! It also keeps the last seq the agent used (`last-seq`), so a restarted agent numbers above
+//! everything it sent before even when its clock stepped back.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,12 @@ pub struct Spool {
     /// Seqs waiting, oldest first, with their file sizes.
     waiting: std::collections::VecDeque<(u64, u64)>,
     lock: PathBuf,
+    /// The `last-seq` file's value (0 when there is none).
+    saved_last_seq: u64,
 }
+
+/// Holds the highest seq the agent has used, in decimal.
+const LAST_SEQ_FILE: &str = "last-seq";
 
 impl Drop for Spool {
     fn drop(&mut self) {
@@ -112,7 +120,12 @@ impl Spool {
             waiting.push((seq, size));
         }
         waiting.sort_unstable();
+        let saved_last_seq = std::fs::read_to_string(dir.join(LAST_SEQ_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         Ok(Spool {
+            saved_last_seq,
             dir: dir.to_path_buf(),
             max_bytes,
             bytes,
@@ -125,9 +138,12 @@ impl Spool {
         self.dir.join(format!("{seq:020}.batch"))
     }
 
-    /// The highest seq in the spool (a restarted agent continues above it).
+    /// The highest seq used before: in the spool or in `last-seq` (a restarted agent
+    /// continues above it).
     pub fn last_seq(&self) -> Option<u64> {
-        self.waiting.back().map(|(seq, _)| *seq)
+        let spooled = self.waiting.back().map(|(seq, _)| *seq);
+        let saved = (self.saved_last_seq > 0).then_some(self.saved_last_seq);
+        spooled.max(saved)
     }
 
     pub fn len(&self) -> usize {
@@ -163,11 +179,50 @@ impl Spool {
         file.write_all(&encoded).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
+        self.save_last_seq(batch.seq)?;
         if let Ok(dir) = std::fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }
         self.bytes += size;
-        self.waiting.push_back((batch.seq, size));
+        let at = self.waiting.partition_point(|&(s, _)| s < batch.seq);
+        self.waiting.insert(at, (batch.seq, size));
+        Ok(())
+    }
+
+    /// Records `seq` as the highest used (when it is), durably before the directory's fsync.
+    fn save_last_seq(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq <= self.saved_last_seq {
+            return Ok(());
+        }
+        let path = self.dir.join(LAST_SEQ_FILE);
+        let tmp = path.with_extension("tmp");
+        let io = |source| SpoolError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        write!(file, "{seq}").map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        self.saved_last_seq = seq;
+        Ok(())
+    }
+
+    /// Gives the oldest batch the seq `new_seq` (above every seq used), so it goes out again
+    /// after the others: for a batch the server says it had seen, which this agent never sent.
+    pub fn renumber_front(&mut self, new_seq: u64) -> Result<(), SpoolError> {
+        let Some(Ok(mut batch)) = self.front() else {
+            return Ok(());
+        };
+        batch.seq = new_seq;
+        // Written under the new name first: a crash between the two steps leaves the batch
+        // twice (the server dedups the old number or refuses it), never zero times.
+        let bytes = self.bytes;
+        self.bytes = 0; // the batch is already counted; its copy must not hit the cap
+        let pushed = self.push(&batch);
+        self.bytes += bytes;
+        pushed?;
+        self.pop();
         Ok(())
     }
 

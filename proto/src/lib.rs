@@ -24,6 +24,20 @@ pub mod alerts {
     }
 }
 
+/// Status metadata of a Push refused with FAILED_PRECONDITION because its seq is below what
+/// the server still tells apart: the highest seq applied for the agent (decimal).
+pub const AGENT_LAST_SEQ_METADATA: &str = "imprint-agent-last-seq";
+
+/// One gRPC method: its path (`/package.Service/Method`) and whether each side streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcMethod {
+    pub path: &'static str,
+    pub client_streaming: bool,
+    pub server_streaming: bool,
+}
+
+include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
+
 pub use admin::v1 as admin_v1;
 pub use alerts::v1 as alerts_v1;
 pub use ingest::v1 as ingest_v1;

@@ -78,6 +78,35 @@ pub const SETTINGS: &[SettingDef] = &[
     },
 ];
 
+/// Settings whose value is a secret (a webhook URL often carries a token): shown only to
+/// admin tokens, masked in the `settings` table, never logged.
+pub const SECRET_SETTINGS: &[&str] = &[ALERTS_WEBHOOK_URL];
+
+/// What a secret setting shows in its place when it is set.
+pub const HIDDEN_VALUE: &str = "(set; shown to admin tokens only)";
+
+/// The value of `key` as a caller may see it: secrets are masked unless `reveal`.
+pub fn display_value(stored: &BTreeMap<String, String>, key: &str, reveal: bool) -> String {
+    let v = value(stored, key);
+    if !reveal && !v.is_empty() && SECRET_SETTINGS.contains(&key) {
+        HIDDEN_VALUE.to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// A URL for logs: scheme and host only (path, query and credentials can hold secrets).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if scheme.is_empty() {
+        "(url)".to_string()
+    } else {
+        format!("{scheme}://{host}/…")
+    }
+}
+
 pub fn def(key: &str) -> Option<&'static SettingDef> {
     SETTINGS.iter().find(|d| d.key == key)
 }
@@ -162,7 +191,8 @@ pub fn batch(stored: &BTreeMap<String, String>) -> RecordBatch {
         schema(),
         vec![
             col(&|d| d.key.to_string()),
-            col(&|d| value(stored, d.key).to_string()),
+            // SQL is open to read tokens: secrets are masked here always.
+            col(&|d| display_value(stored, d.key, false)),
             col(&|d| d.default.to_string()),
             Arc::new(BooleanArray::from(
                 SETTINGS.iter().map(|d| d.for_agents).collect::<Vec<_>>(),
@@ -176,6 +206,30 @@ pub fn batch(stored: &BTreeMap<String, String>) -> RecordBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_masked_and_urls_redacted() {
+        let stored = BTreeMap::from([(
+            ALERTS_WEBHOOK_URL.to_string(),
+            "https://u:p@hooks.example.com/T0/secret?k=1".to_string(),
+        )]);
+        assert_eq!(
+            display_value(&stored, ALERTS_WEBHOOK_URL, false),
+            HIDDEN_VALUE
+        );
+        assert!(display_value(&stored, ALERTS_WEBHOOK_URL, true).ends_with("?k=1"));
+        assert_eq!(
+            display_value(&BTreeMap::new(), ALERTS_WEBHOOK_URL, false),
+            ""
+        );
+        assert_eq!(
+            redact_url("https://u:p@hooks.example.com/T0/secret?k=1"),
+            "https://hooks.example.com/…"
+        );
+        let b = batch(&stored);
+        let values = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(values.iter().flatten().all(|v| !v.contains("secret")));
+    }
 
     #[test]
     fn values_validate_and_default() {

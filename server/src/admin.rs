@@ -53,6 +53,7 @@ pub fn token_info(t: &TokenRecord) -> TokenInfo {
         created_unix_micros: t.created_micros,
         expires_unix_micros: t.expires_micros.unwrap_or(0),
         revoked: t.revoked,
+        agent_ids: t.agent_ids.clone(),
     }
 }
 
@@ -62,9 +63,14 @@ pub async fn create_token(
     name: &str,
     scopes: &[String],
     expires_in_seconds: u64,
+    agent_ids: &[String],
 ) -> Result<(TokenRecord, String), Status> {
-    create_token_with_secret(engine, name, scopes, expires_in_seconds, new_secret()).await
+    let secret = new_secret();
+    create_token_with_secret(engine, name, scopes, expires_in_seconds, agent_ids, secret).await
 }
+
+/// Most agent ids one token may be bound to.
+pub const MAX_TOKEN_AGENT_IDS: usize = 64;
 
 /// [`create_token`] for a secret made (and stored somewhere) beforehand.
 async fn create_token_with_secret(
@@ -72,6 +78,7 @@ async fn create_token_with_secret(
     name: &str,
     scopes: &[String],
     expires_in_seconds: u64,
+    agent_ids: &[String],
     secret: String,
 ) -> Result<(TokenRecord, String), Status> {
     let name = name.trim();
@@ -96,6 +103,21 @@ async fn create_token_with_secret(
             clean.push(scope.name().to_string());
         }
     }
+    if agent_ids.len() > MAX_TOKEN_AGENT_IDS {
+        return Err(Status::invalid_argument(format!(
+            "agent_ids: {} is more than {MAX_TOKEN_AGENT_IDS}",
+            agent_ids.len()
+        )));
+    }
+    for (i, id) in agent_ids.iter().enumerate() {
+        crate::validate::check_agent_id(id)
+            .map_err(|p| Status::invalid_argument(format!("agent_ids[{i}]: {p}")))?;
+    }
+    if !agent_ids.is_empty() && !clean.iter().any(|c| c == Scope::Agent.name()) {
+        return Err(Status::invalid_argument(
+            "agent_ids: only a token with the agent scope can be bound to agent ids",
+        ));
+    }
     let now = now_micros();
     let expires_micros = match expires_in_seconds {
         0 => None,
@@ -115,6 +137,7 @@ async fn create_token_with_secret(
         created_micros: now,
         expires_micros,
         revoked: false,
+        agent_ids: agent_ids.to_vec(),
     };
     engine
         .commit_meta(Commit {
@@ -123,7 +146,7 @@ async fn create_token_with_secret(
         })
         .await
         .map_err(internal)?;
-    info!(id = %record.id, name = %record.name, scopes = ?record.scopes, "token created");
+    info!(id = %record.id, name = %record.name, scopes = ?record.scopes, agent_ids = ?record.agent_ids, "token created");
     Ok((record, secret))
 }
 
@@ -155,8 +178,15 @@ pub async fn bootstrap_admin_token(
             Status::internal(format!("writing {}: {e}", path.display()))
         }
     })?;
-    if let Err(e) =
-        create_token_with_secret(engine, "initial admin", &["admin".to_string()], 0, secret).await
+    if let Err(e) = create_token_with_secret(
+        engine,
+        "initial admin",
+        &["admin".to_string()],
+        0,
+        &[],
+        secret,
+    )
+    .await
     {
         let _ = std::fs::remove_file(&path);
         return Err(e);
@@ -177,12 +207,13 @@ fn write_new_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-pub fn settings_list(stored: &BTreeMap<String, String>) -> Vec<Setting> {
+/// Every setting; secret values only when `reveal` (an admin caller).
+pub fn settings_list(stored: &BTreeMap<String, String>, reveal: bool) -> Vec<Setting> {
     settings::SETTINGS
         .iter()
         .map(|d| Setting {
             key: d.key.to_string(),
-            value: settings::value(stored, d.key).to_string(),
+            value: settings::display_value(stored, d.key, reveal),
             default_value: d.default.to_string(),
             description: d.description.to_string(),
             for_agents: d.for_agents,
@@ -197,8 +228,14 @@ impl Admin for AdminService {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         let r = request.into_inner();
-        let (record, secret) =
-            create_token(&self.engine, &r.name, &r.scopes, r.expires_in_seconds).await?;
+        let (record, secret) = create_token(
+            &self.engine,
+            &r.name,
+            &r.scopes,
+            r.expires_in_seconds,
+            &r.agent_ids,
+        )
+        .await?;
         Ok(Response::new(CreateTokenResponse {
             token: Some(token_info(&record)),
             secret,
@@ -254,12 +291,13 @@ impl Admin for AdminService {
             })
             .await
             .map_err(internal)?;
-        info!(key = %r.key, value = %value, "setting changed");
+        let logged = settings::display_value(&state.settings, &r.key, false);
+        info!(key = %r.key, value = %logged, "setting changed");
         if r.key == settings::FINGERPRINT_RETENTION {
             // Apply a shorter retention now rather than at the next round.
             self.engine.apply_retention().await.map_err(internal)?;
         }
-        let setting = settings_list(&state.settings)
+        let setting = settings_list(&state.settings, true)
             .into_iter()
             .find(|s| s.key == r.key);
         Ok(Response::new(SetSettingResponse { setting }))
@@ -267,10 +305,11 @@ impl Admin for AdminService {
 
     async fn get_settings(
         &self,
-        _request: Request<GetSettingsRequest>,
+        request: Request<GetSettingsRequest>,
     ) -> Result<Response<GetSettingsResponse>, Status> {
+        let reveal = crate::auth::Caller::of(&request).admin;
         Ok(Response::new(GetSettingsResponse {
-            settings: settings_list(&self.engine.catalog_state().settings),
+            settings: settings_list(&self.engine.catalog_state().settings, reveal),
         }))
     }
 

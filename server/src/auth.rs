@@ -171,6 +171,45 @@ pub struct Caller {
     /// The token's id; `None` with authentication off (`--insecure-no-auth`) or on routes
     /// that need no token.
     pub token_id: Option<String>,
+    /// The token's name, for messages.
+    pub token_name: String,
+    /// The agent ids the token is bound to; empty means any.
+    pub agent_ids: Vec<String>,
+    /// When the token expires (µs since the epoch), if it does.
+    pub expires_micros: Option<i64>,
+    /// Whether the token has the admin scope (true with authentication off).
+    pub admin: bool,
+}
+
+impl Caller {
+    fn of_token(token: Option<TokenRecord>) -> Caller {
+        match token {
+            None => Caller {
+                admin: true,
+                ..Caller::default()
+            },
+            Some(t) => Caller {
+                admin: t.scopes.iter().any(|s| s == Scope::Admin.name()),
+                token_id: Some(t.id),
+                token_name: t.name,
+                agent_ids: t.agent_ids,
+                expires_micros: t.expires_micros,
+            },
+        }
+    }
+
+    /// Refuses `agent_id` when the token is bound to other agent ids.
+    pub fn check_agent(&self, agent_id: &str) -> Result<(), tonic::Status> {
+        if self.agent_ids.is_empty() || self.agent_ids.iter().any(|a| a == agent_id) {
+            return Ok(());
+        }
+        Err(tonic::Status::permission_denied(format!(
+            "token {} ({}) may only push for agent ids [{}], not {agent_id:?}",
+            self.token_id.as_deref().unwrap_or("?"),
+            self.token_name,
+            self.agent_ids.join(", ")
+        )))
+    }
 }
 
 impl Caller {
@@ -243,9 +282,7 @@ where
         match decision {
             Ok(token) => {
                 let mut req = req;
-                req.extensions_mut().insert(Caller {
-                    token_id: token.map(|t| t.id),
-                });
+                req.extensions_mut().insert(Caller::of_token(token));
                 Box::pin(self.inner.call(req))
             }
             Err(e) => {

@@ -134,6 +134,26 @@ pub struct ServeArgs {
     #[arg(long, env = "IMPRINT_MAX_PARAMETER_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_parameter_bytes: u64,
 
+    /// Windows that started longer ago than this are refused (an agent's clock far behind,
+    /// or a replay of old data). Agents spool while the server is away; keep this above the
+    /// longest outage whose data you want.
+    #[arg(long, env = "IMPRINT_MAX_WINDOW_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub max_window_age: Duration,
+
+    /// Agent ids the server has never seen that one token may bring in per hour (a stolen
+    /// agent token cannot fill the server with agents).
+    #[arg(
+        long,
+        env = "IMPRINT_MAX_NEW_AGENTS_PER_TOKEN_PER_HOUR",
+        default_value_t = 1000
+    )]
+    pub max_new_agents_per_token_per_hour: usize,
+
+    /// Most distinct items one image profile holds; items first seen past it are counted
+    /// (the profile's `incomplete_reasons` says `item_cap`) but not stored.
+    #[arg(long, env = "IMPRINT_MAX_PROFILE_ITEMS", default_value_t = imprint_query::profile::DEFAULT_MAX_PROFILE_ITEMS)]
+    pub max_profile_items: usize,
+
     /// Turn authentication off: every request is allowed. For local experiments
     /// only; a warning is logged at start.
     #[arg(long, env = "IMPRINT_INSECURE_NO_AUTH")]

@@ -36,14 +36,15 @@ struct Ctx {
     auth: Auth,
 }
 
+pub const RESULTS_PATH: &str = "/api/v1/runtime-results";
+pub const VULNERABILITIES_PATH: &str = "/api/v1/runtime-results/{digest}/vulnerabilities";
+pub const OPENVEX_PATH: &str = "/api/v1/runtime-results/{digest}/openvex";
+
 pub fn router(engine: Arc<Engine>, auth: Auth) -> Router {
     Router::new()
-        .route("/api/v1/runtime-results", get(list))
-        .route(
-            "/api/v1/runtime-results/{digest}/vulnerabilities",
-            get(vulnerabilities),
-        )
-        .route("/api/v1/runtime-results/{digest}/openvex", get(openvex))
+        .route(RESULTS_PATH, get(list))
+        .route(VULNERABILITIES_PATH, get(vulnerabilities))
+        .route(OPENVEX_PATH, get(openvex))
         .with_state(Ctx { engine, auth })
 }
 

@@ -1,8 +1,10 @@
 //! The gRPC ingest service (`imprint.ingest.v1.Ingest`).
 
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 
-use std::pin::Pin;
+use parking_lot::Mutex;
 
 use futures::Stream;
 use imprint_proto::ingest_v1::agent_config_server::AgentConfig;
@@ -16,28 +18,84 @@ use imprint_query::inuse::state::Part;
 use imprint_query::settings;
 use tonic::{Request, Response, Status};
 
-use crate::engine::Engine;
+use crate::auth::Caller;
+use crate::engine::{Engine, now_micros};
+use crate::revocation::end_when_token_invalid;
 use crate::status::ingest_status;
 
 #[derive(Debug, Clone)]
 pub struct IngestService {
     engine: Arc<Engine>,
+    new_agents: Arc<NewAgentLimit>,
 }
 
 impl IngestService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// `max_new_agents_per_hour`: agent ids the server has never seen that one token may
+    /// bring in per hour (`--max-new-agents-per-token-per-hour`).
+    pub fn new(engine: Arc<Engine>, max_new_agents_per_hour: usize) -> Self {
+        Self {
+            engine,
+            new_agents: Arc::new(NewAgentLimit::new(max_new_agents_per_hour)),
+        }
+    }
+
+    /// The checks on who may write for `agent_id`: the token's binding, and the cap on new
+    /// agent ids per token, so a stolen token cannot fill the server with agents.
+    fn admit(&self, caller: &Caller, agent_id: &str) -> Result<(), Status> {
+        caller.check_agent(agent_id)?;
+        if !self.engine.knows_agent(agent_id) {
+            self.new_agents.admit(caller, agent_id, now_micros())?;
+        }
+        Ok(())
+    }
+}
+
+/// New agent ids per token per clock hour (in memory: a restart starts the count again).
+#[derive(Debug)]
+struct NewAgentLimit {
+    max_per_hour: usize,
+    /// token id ("" with auth off) → (hour, the new agent ids seen in it).
+    seen: Mutex<HashMap<String, (i64, HashSet<String>)>>,
+}
+
+impl NewAgentLimit {
+    fn new(max_per_hour: usize) -> Self {
+        Self {
+            max_per_hour,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn admit(&self, caller: &Caller, agent_id: &str, now_micros: i64) -> Result<(), Status> {
+        let hour = now_micros.div_euclid(3_600_000_000);
+        let token = caller.token_id.clone().unwrap_or_default();
+        let mut seen = self.seen.lock();
+        seen.retain(|_, (h, _)| *h == hour);
+        let (_, ids) = seen.entry(token).or_insert_with(|| (hour, HashSet::new()));
+        if ids.contains(agent_id) {
+            return Ok(());
+        }
+        if ids.len() >= self.max_per_hour {
+            return Err(Status::resource_exhausted(format!(
+                "token {} has brought in {} new agent ids this hour, the limit \
+                 (--max-new-agents-per-token-per-hour); agent id {agent_id:?} is refused until \
+                 the next hour",
+                caller.token_id.as_deref().unwrap_or("(none: auth is off)"),
+                ids.len()
+            )));
+        }
+        ids.insert(agent_id.to_string());
+        Ok(())
     }
 }
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn push(&self, request: Request<FingerprintBatch>) -> Result<Response<PushAck>, Status> {
-        let ack = self
-            .engine
-            .push(request.into_inner())
-            .await
-            .map_err(ingest_status)?;
+        let caller = Caller::of(&request);
+        let batch = request.into_inner();
+        self.admit(&caller, &batch.agent_id)?;
+        let ack = self.engine.push(batch).await.map_err(ingest_status)?;
         Ok(Response::new(ack))
     }
 
@@ -45,7 +103,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<InventoryReport>,
     ) -> Result<Response<InventoryAck>, Status> {
+        let caller = Caller::of(&request);
         let report = request.into_inner();
+        caller.check_agent(&report.agent_id)?;
         let inventory = validate_inventory(&report).map_err(Status::invalid_argument)?;
         let ack = InventoryAck {
             packages: inventory.packages.len() as u64,
@@ -74,6 +134,7 @@ impl Ingest for IngestService {
 /// Limits of one inventory report (the agent's scanner stays below them).
 const MAX_PACKAGES: usize = 20_000;
 const MAX_FILES: usize = 1_000_000;
+const MAX_SYMLINKS: usize = 100_000;
 const MAX_TEXT: usize = 4096;
 
 /// Checks a report and turns it into an inventory; the error names the field.
@@ -123,10 +184,20 @@ fn validate_inventory(r: &InventoryReport) -> Result<Inventory, String> {
             files: p.files.clone(),
         });
     }
+    if r.symlinks.len() > MAX_SYMLINKS {
+        return Err(format!(
+            "symlinks: {} is more than {MAX_SYMLINKS}",
+            r.symlinks.len()
+        ));
+    }
+    let is_path = |p: &str| p.starts_with('/') && p.len() <= MAX_TEXT && !p.contains('\0');
     for (alias, target) in &r.symlinks {
-        if !alias.starts_with('/') || !target.starts_with('/') {
+        if !is_path(alias) || !is_path(target) {
+            let cut = |p: &str| p.chars().take(80).collect::<String>();
             return Err(format!(
-                "symlinks: {alias:?} -> {target:?}: both must be absolute"
+                "symlinks: {:?} -> {:?}: both must be absolute paths of at most {MAX_TEXT} bytes",
+                cut(alias),
+                cut(target)
             ));
         }
     }
@@ -174,6 +245,7 @@ impl AgentConfig for AgentConfigService {
         &self,
         request: Request<WatchAgentConfigRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request);
         let agent = request.into_inner().agent_id;
         tracing::debug!(agent = %agent, "agent watching its config");
         let engine = self.engine.clone();
@@ -204,7 +276,8 @@ impl AgentConfig for AgentConfigService {
                 }
             },
         );
-        Ok(Response::new(Box::pin(stream)))
+        let stream = end_when_token_invalid(self.engine.clone(), caller, Box::pin(stream));
+        Ok(Response::new(stream))
     }
 }
 
@@ -245,5 +318,20 @@ mod tests {
         );
         r.image = "latest".into();
         assert!(validate_inventory(&r).unwrap_err().starts_with("image: "));
+    }
+
+    #[test]
+    fn symlinks_are_bounded_in_count_and_length() {
+        let mut r = report(&[]);
+        r.symlinks = (0..=MAX_SYMLINKS)
+            .map(|i| (format!("/l{i}"), "/t".to_string()))
+            .collect();
+        let e = validate_inventory(&r).unwrap_err();
+        assert!(e.starts_with("symlinks: 100001 is more than 100000"), "{e}");
+        r.symlinks = [(format!("/{}", "a".repeat(MAX_TEXT)), "/t".to_string())].into();
+        let e = validate_inventory(&r).unwrap_err();
+        assert!(e.contains("at most 4096 bytes"), "{e}");
+        r.symlinks = [("/a".to_string(), "rel".to_string())].into();
+        assert!(validate_inventory(&r).is_err());
     }
 }

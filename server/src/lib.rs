@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod logging;
 pub mod placeholders;
 pub mod query;
+pub mod revocation;
 pub mod serve;
 pub mod status;
 pub mod tls;

@@ -88,6 +88,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     );
     config.wal_segment_bytes = args.wal_segment_bytes;
     config.summary_rollup_parts = args.summary_rollup_parts as usize;
+    config.max_window_age = args.max_window_age;
+    // Before the profiles are rebuilt at open.
+    imprint_query::profile::MAX_PROFILE_ITEMS
+        .store(args.max_profile_items, std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::open(object_store, config.clone()).await?;
 
     let auth = Auth::new(engine.clone(), !args.insecure_no_auth);
@@ -168,8 +172,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 stop_rx.clone(),
             )))
             .add_service(
-                IngestServer::new(IngestService::new(engine.clone()))
-                    .max_decoding_message_size(MAX_GRPC_MESSAGE),
+                IngestServer::new(IngestService::new(
+                    engine.clone(),
+                    args.max_new_agents_per_token_per_hour,
+                ))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
             )
             .add_service(
                 FlightServiceServer::new(FlightSql::new(

@@ -11,6 +11,15 @@ pub fn ingest_status(e: IngestError) -> Status {
         IngestError::BufferFull { .. } => Status::resource_exhausted(e.to_string()),
         IngestError::WalFailed(_) => Status::internal(e.to_string()),
         IngestError::ShuttingDown => Status::unavailable(e.to_string()),
+        IngestError::SeqBehind { last, .. } => {
+            let mut status = Status::failed_precondition(e.to_string());
+            if let Ok(v) = last.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert(imprint_proto::AGENT_LAST_SEQ_METADATA, v);
+            }
+            status
+        }
     }
 }
 

@@ -42,11 +42,13 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
     }
 }
 
-/// Checks a batch whose encoded size is `encoded_len`, against the clock `now_micros`.
+/// Checks a batch whose encoded size is `encoded_len`, against the clock `now_micros`;
+/// windows starting before `oldest_start_micros` are refused (`--max-window-age`).
 pub fn validate_batch(
     b: &FingerprintBatch,
     encoded_len: usize,
     now_micros: i64,
+    oldest_start_micros: i64,
 ) -> Result<(), Invalid> {
     if encoded_len > MAX_BATCH_BYTES {
         return Err(invalid(
@@ -56,13 +58,7 @@ pub fn validate_batch(
             ),
         ));
     }
-    check_text("agent_id", &b.agent_id, MAX_AGENT_ID, true)?;
-    if !b.agent_id.bytes().all(|c| c.is_ascii_graphic()) {
-        return Err(invalid(
-            "agent_id",
-            "must be printable ASCII without spaces",
-        ));
-    }
+    check_agent_id(&b.agent_id).map_err(|p| invalid("agent_id", p))?;
     if b.fingerprints.is_empty() {
         return Err(invalid(
             "fingerprints",
@@ -71,7 +67,27 @@ pub fn validate_batch(
     }
     let mut seen = HashSet::new();
     for (i, fp) in b.fingerprints.iter().enumerate() {
-        validate_fingerprint(fp, i, now_micros, &mut seen)?;
+        validate_fingerprint(fp, i, (oldest_start_micros, now_micros), &mut seen)?;
+    }
+    Ok(())
+}
+
+/// An agent id: 1 to 256 bytes of printable ASCII without spaces.
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.len() > MAX_AGENT_ID {
+        return Err(format!(
+            "{} bytes is over the limit of {MAX_AGENT_ID} bytes",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    if !id.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
     }
     Ok(())
 }
@@ -79,7 +95,7 @@ pub fn validate_batch(
 fn validate_fingerprint<'a>(
     fp: &'a Fingerprint,
     i: usize,
-    now_micros: i64,
+    (oldest_start_micros, now_micros): (i64, i64),
     seen: &mut HashSet<(i32, &'a str)>,
 ) -> Result<(), Invalid> {
     let at = |field: &str| format!("fingerprints[{i}].{field}");
@@ -115,6 +131,17 @@ fn validate_fingerprint<'a>(
             format!(
                 "window ends {} s in the future; at most 5 min is allowed (check the node's clock)",
                 (end - now_micros) / 1_000_000
+            ),
+        ));
+    }
+
+    if start < oldest_start_micros {
+        return Err(invalid(
+            at("window_start_unix_micros"),
+            format!(
+                "window started {} h ago; windows older than the server's --max-window-age ({} h) are refused (check the node's clock)",
+                now_micros.saturating_sub(start) / 3_600_000_000,
+                now_micros.saturating_sub(oldest_start_micros) / 3_600_000_000
             ),
         ));
     }
@@ -222,6 +249,8 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000_000;
+    /// A week before NOW, the default --max-window-age.
+    const OLDEST: i64 = NOW - 7 * 24 * 3_600_000_000;
 
     fn good() -> FingerprintBatch {
         FingerprintBatch {
@@ -254,12 +283,14 @@ mod tests {
     fn err(f: impl FnOnce(&mut FingerprintBatch)) -> String {
         let mut b = good();
         f(&mut b);
-        validate_batch(&b, 100, NOW).unwrap_err().to_string()
+        validate_batch(&b, 100, NOW, OLDEST)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn a_good_batch_passes() {
-        validate_batch(&good(), 100, NOW).unwrap();
+        validate_batch(&good(), 100, NOW, OLDEST).unwrap();
     }
 
     #[test]
@@ -289,7 +320,7 @@ mod tests {
                 .map(|c| c.dropped_events),
             Some(1)
         );
-        assert!(validate_batch(&long, 0, NOW).is_ok());
+        assert!(validate_batch(&long, 0, NOW, OLDEST).is_ok());
         for bad in ["65536", "-1", "08", "http", ""] {
             let e = err(|b| b.fingerprints[0].items[1].key = bad.into());
             assert!(e.starts_with("fingerprints[0].items[1].key:"), "{bad}: {e}");
@@ -309,6 +340,15 @@ mod tests {
             })
             .contains("in the future")
         );
+        let e = err(|b| {
+            b.fingerprints[0].window_start_unix_micros = OLDEST - 1;
+            b.fingerprints[0].window_end_unix_micros = OLDEST + 30_000_000;
+        });
+        assert!(
+            e.starts_with("fingerprints[0].window_start_unix_micros: window started 168 h ago")
+                && e.contains("--max-window-age (168 h)"),
+            "{e}"
+        );
         assert!(err(|b| b.fingerprints.clear()).starts_with("fingerprints: "));
         assert!(err(|b| b.agent_id = String::new()).starts_with("agent_id: is empty"));
         assert!(
@@ -323,14 +363,14 @@ mod tests {
         );
         let mut b = good();
         assert!(
-            validate_batch(&b, MAX_BATCH_BYTES + 1, NOW)
+            validate_batch(&b, MAX_BATCH_BYTES + 1, NOW, OLDEST)
                 .unwrap_err()
                 .to_string()
                 .starts_with("batch:")
         );
         b.fingerprints[0].items[1].key = "65535".into();
-        validate_batch(&b, 100, NOW).unwrap();
+        validate_batch(&b, 100, NOW, OLDEST).unwrap();
         b.fingerprints[0].items[1].key = "0".into();
-        validate_batch(&b, 100, NOW).unwrap();
+        validate_batch(&b, 100, NOW, OLDEST).unwrap();
     }
 }

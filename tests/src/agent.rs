@@ -114,6 +114,7 @@ pub async fn agent_token_file(server: &Imprintd, dir: &Path) -> PathBuf {
             name: "agent-test".into(),
             scopes: vec!["agent".into()],
             expires_in_seconds: 0,
+            agent_ids: vec![],
         })
         .await
         .expect("create agent token")

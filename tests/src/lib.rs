@@ -177,6 +177,9 @@ impl Imprintd {
             ])
             .args(&self.args)
             .env("IMPRINT_LOG", "info,imprint_server=debug")
+            // The tests replay fixed dates (2026-11-30, see slt.rs): no window-age bound
+            // unless a test sets one (the env var yields to a --max-window-age flag).
+            .env("IMPRINT_MAX_WINDOW_AGE", "36500d")
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in env {

@@ -1147,3 +1147,97 @@ async fn the_runtime_scanner_cannot_be_turned_against_the_host() {
         "the agent's memory grew to {rss} bytes"
     );
 }
+
+/// A container cannot pass its behaviour off as another container's: container B, privileged
+/// so it can mount cgroup v2 (its own subtree, in a private cgroup namespace), creates a child
+/// cgroup named exactly like container A's (`libpod-<A's id>.scope`), moves itself into it and
+/// runs a process named like A's workload.
+/// Identity comes from the outermost container cgroup (the runtime made it, the container
+/// cannot rename it), so everything B does still goes to B and nothing to A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_cannot_take_another_containers_identity() {
+    let Some(()) = require_ebpf("agent: attribution spoofing") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _image = workload_image();
+    let service = PodmanService::start(dir.path());
+    let server = Imprintd::start(&dir.path().join("data"), &[]);
+    let token = agent_token_file(&server, dir.path()).await;
+    let socket = service.socket.display().to_string();
+    let mut agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir.path(),
+        "node-s",
+        &["--window", "1s", "--runtime-socket", &socket],
+    );
+    let pid = std::process::id();
+    let (name_a, name_b) = (
+        format!("imprint-victim-{pid}"),
+        format!("imprint-spoofer-{pid}"),
+    );
+    let start = |name: &str, extra: &[&str], command: &str| {
+        let output = podman()
+            .args(["run", "-d", "--name", name, "--network", "none"])
+            .args(extra)
+            .args(["localhost/imprint-workload:1", "/bin/sh", "-c", command])
+            .output()
+            .expect("podman run");
+        assert!(
+            output.status.success(),
+            "podman run {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let id_a = start(
+        &name_a,
+        &[],
+        &format!("echo a > /tmp/victim-{pid}.txt; sleep 3"),
+    );
+    let marker = format!("spoofed-{pid}");
+    let spoof = format!(
+        "set -e; mkdir -p /mnt/cg; mount -t cgroup2 none /mnt/cg; \
+         cg=/mnt/cg/libpod-{id_a}.scope; mkdir -p $cg; echo $$ > $cg/cgroup.procs; \
+         cat /proc/self/cgroup; \
+         cp /bin/sh /tmp/workload.sh; /tmp/workload.sh -c 'echo b > /tmp/{marker}.txt'; sleep 1"
+    );
+    let id_b = start(&name_b, &["--privileged", "--cgroupns", "private"], &spoof);
+    for id in [&id_a, &id_b] {
+        let waited = podman().args(["wait", id]).output().expect("podman wait");
+        assert_eq!(
+            String::from_utf8_lossy(&waited.stdout).trim(),
+            "0",
+            "container {id} failed: {}",
+            String::from_utf8_lossy(&podman().args(["logs", id]).output().expect("logs").stderr)
+        );
+    }
+    // The spoof took: inside its namespace, B's processes ran in a cgroup named like A's.
+    let logs = podman().args(["logs", &id_b]).output().expect("podman logs");
+    let cgroup = String::from_utf8_lossy(&logs.stdout).to_string();
+    assert!(cgroup.contains(&format!("libpod-{id_a}.scope")), "B's cgroup: {cgroup}");
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+    let _ = podman().args(["rm", "-f", &name_a, &name_b]).output();
+
+    let a = items(&server, &format!("container_id = '{id_a}'")).await;
+    let b = items(&server, &format!("container_id = '{id_b}'")).await;
+    assert!(
+        has(&a, "file_write", &format!("/tmp/victim-{pid}.txt")),
+        "a: {a:#?}"
+    );
+    assert!(
+        has(&b, "file_write", &format!("/tmp/{marker}.txt")),
+        "what B did from inside the cgroup named like A's is B's: {b:#?}"
+    );
+    let in_a = a.values().flatten().filter(|k| k.contains(&marker)).count();
+    assert_eq!(in_a, 0, "B's file was attributed to A: {a:#?}");
+    let anywhere_else = server
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM fingerprints WHERE key LIKE '%{marker}%' AND container_id <> '{id_b}'"
+        ))
+        .await;
+    assert_eq!(anywhere_else, 0, "B's file went to another container");
+}

@@ -245,3 +245,37 @@ async fn an_over_long_key_is_dropped_and_counted_not_the_batch() {
         0
     );
 }
+
+/// A container that touches endless distinct paths cannot grow its image's profile past
+/// --max-profile-items: the items past it are counted, the profile says `item_cap`, and the
+/// raw fingerprints still hold everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_holds_at_most_max_profile_items_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(&dir.path().join("data"), &["--max-profile-items", "5"]);
+    let mut fp = fingerprint(0);
+    fp.items = (0..10)
+        .map(|i| Item {
+            kind: ItemKind::FileRead as i32,
+            key: format!("/random/{i}"),
+            count: 1,
+        })
+        .collect();
+    let batch = FingerprintBatch {
+        agent_id: "agent".into(),
+        seq: 1,
+        fingerprints: vec![fp],
+    };
+    server.push(batch).await.unwrap();
+    assert_eq!(server.scalar_i64("SELECT count(*) FROM profiles").await, 5);
+    let rows = imprint_e2e::rows_as_text(
+        &server
+            .sql("SELECT completeness, incomplete_reasons FROM profile_status")
+            .await,
+    );
+    assert_eq!(rows, vec!["partial|item_cap".to_string()]);
+    assert_eq!(
+        server.scalar_i64("SELECT count(*) FROM fingerprints").await,
+        10
+    );
+}

@@ -53,10 +53,42 @@ pub struct SummaryEntry {
     pub bytes: u64,
 }
 
-/// A set of u64 as sorted, disjoint, inclusive ranges: agents number their batches
-/// contiguously, so the seqs an agent has applied are usually one range.
+/// The batch seqs one agent has applied: sorted, disjoint, inclusive ranges (an agent numbers
+/// its batches contiguously within a run, so there is about one range per agent restart), and
+/// the floor below which the server no longer knows (the oldest ranges were let go to keep
+/// the list bounded).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeqRanges(pub Vec<(u64, u64)>);
+#[serde(from = "SeqRangesWire")]
+pub struct SeqRanges {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub floor: u64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// What catalogs have held: the bare list of ranges (before floors), or the struct.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeqRangesWire {
+    Ranges(Vec<(u64, u64)>),
+    WithFloor {
+        #[serde(default)]
+        floor: u64,
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+impl From<SeqRangesWire> for SeqRanges {
+    fn from(w: SeqRangesWire) -> Self {
+        match w {
+            SeqRangesWire::Ranges(ranges) => SeqRanges { floor: 0, ranges },
+            SeqRangesWire::WithFloor { floor, ranges } => SeqRanges { floor, ranges },
+        }
+    }
+}
 
 /// An access token as stored: only the SHA-256 of its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +101,9 @@ pub struct TokenRecord {
     pub created_micros: i64,
     pub expires_micros: Option<i64>,
     pub revoked: bool,
+    /// When not empty, the only agent ids this token may push batches and inventories for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_ids: Vec<String>,
 }
 
 /// One catalog commit: the log object `catalog/log/<seq>.json`.

@@ -60,31 +60,32 @@ pub fn normalise_path(prefix: &str, path: &str) -> String {
 }
 
 impl Inventory {
-    /// A path with every directory symlink resolved to its target (longest
-    /// alias first), so both spellings of one file compare equal.
+    /// A path with its longest directory-symlink prefix resolved to the target, so both
+    /// spellings of one file compare equal. Looks up each ancestor of the path (longest
+    /// first): a path's depth of map lookups, whatever the number of symlinks.
     pub fn canonical(&self, path: &str) -> String {
-        let recorded: Vec<(&str, &str)> = self
-            .symlinks
-            .iter()
-            .map(|(a, t)| (a.as_str(), t.as_str()))
-            .collect();
-        let aliases: &[(&str, &str)] = if recorded.is_empty() {
-            &MERGED_USR
-        } else {
-            &recorded
+        let target_of = |alias: &str| -> Option<&str> {
+            if self.symlinks.is_empty() {
+                MERGED_USR
+                    .iter()
+                    .find(|(a, _)| *a == alias)
+                    .map(|(_, t)| *t)
+            } else {
+                self.symlinks.get(alias).map(String::as_str)
+            }
         };
-        let mut best: Option<(&str, &str)> = None;
-        for &(alias, target) in aliases {
-            let under = path == alias
-                || (path.starts_with(alias) && path.as_bytes().get(alias.len()) == Some(&b'/'));
-            if under && best.is_none_or(|(a, _)| alias.len() > a.len()) {
-                best = Some((alias, target));
+        let mut end = path.len();
+        while end > 1 {
+            let alias = &path[..end];
+            if let Some(target) = target_of(alias) {
+                return format!("{target}{}", &path[end..]);
+            }
+            match alias.rfind('/') {
+                Some(i) => end = i,
+                None => break,
             }
         }
-        match best {
-            Some((alias, target)) => format!("{target}{}", &path[alias.len()..]),
-            None => path.to_string(),
-        }
+        path.to_string()
     }
 }
 
@@ -117,5 +118,16 @@ mod tests {
         };
         assert_eq!(inv.canonical("/opt/app/run.py"), "/srv/app-1.2/run.py");
         assert_eq!(inv.canonical("/bin/ls"), "/bin/ls");
+        // The longest alias wins; a sibling that only shares a prefix does not match.
+        let inv = Inventory {
+            symlinks: BTreeMap::from([
+                ("/opt".into(), "/o".into()),
+                ("/opt/app".into(), "/srv".into()),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(inv.canonical("/opt/app/x"), "/srv/x");
+        assert_eq!(inv.canonical("/opt/apple"), "/o/apple");
+        assert_eq!(inv.canonical("/opt"), "/o");
     }
 }

@@ -11,6 +11,7 @@ pub mod summary;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,12 +90,22 @@ pub struct WindowFacts {
     pub started_after_container: bool,
 }
 
+/// Most distinct items one image profile holds (`--max-profile-items`); an item first seen
+/// past it is counted in [`Completeness::items_capped`], not stored, so one container that
+/// opens millions of random paths cannot grow the server's memory without end. Process-wide:
+/// the server sets it once at start.
+pub static MAX_PROFILE_ITEMS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_PROFILE_ITEMS);
+pub const DEFAULT_MAX_PROFILE_ITEMS: usize = 200_000;
+
 /// Why a profile is partial: how many fingerprints had each problem.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Completeness {
     pub windows_with_dropped_events: u64,
     pub windows_capture_paused: u64,
     pub windows_started_after_container: u64,
+    /// Item observations not stored because the profile held `MAX_PROFILE_ITEMS` items.
+    pub items_capped: u64,
 }
 
 impl Completeness {
@@ -113,6 +124,9 @@ impl Completeness {
         }
         if self.windows_started_after_container > 0 {
             r.push("started_after_container");
+        }
+        if self.items_capped > 0 {
+            r.push("item_cap");
         }
         r
     }
@@ -234,8 +248,31 @@ impl ImageProfile {
     /// Adds an item seen by `container` in `windows` fingerprints spanning
     /// `(first_seen, last_seen)` with a total `count`: one fingerprint's item, or
     /// a summary of many. Returns the item's `first_seen`.
+    ///
+    /// A new item past [`MAX_PROFILE_ITEMS`] is counted, not stored; its `first_seen` is
+    /// still returned, so policies see it as new.
     pub fn add_item(
         &mut self,
+        kind: &str,
+        key: &str,
+        container: &str,
+        window: (i64, i64),
+        windows: u64,
+        count: u64,
+    ) -> i64 {
+        let cap = MAX_PROFILE_ITEMS.load(Ordering::Relaxed);
+        self.add_item_within(cap, kind, key, container, window, windows, count)
+    }
+
+    /// Distinct items held, over all kinds.
+    pub fn item_count(&self) -> usize {
+        self.items.values().map(BTreeMap::len).sum()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_item_within(
+        &mut self,
+        cap: usize,
         kind: &str,
         key: &str,
         container: &str,
@@ -243,6 +280,11 @@ impl ImageProfile {
         windows: u64,
         count: u64,
     ) -> i64 {
+        let known = self.items.get(kind).is_some_and(|k| k.contains_key(key));
+        if !known && self.item_count() >= cap {
+            self.completeness.items_capped += windows;
+            return first_seen;
+        }
         let c = self.container_id(container);
         if !self.items.contains_key(kind) {
             self.items.insert(kind.to_string(), BTreeMap::new());
@@ -288,9 +330,19 @@ impl ImageProfile {
                 id
             })
             .collect();
+        let cap = MAX_PROFILE_ITEMS.load(Ordering::Relaxed);
+        let mut held = self.item_count();
+        let mut capped = 0;
         for (kind, keys) in &other.items {
             let of_kind = self.items.entry(kind.clone()).or_default();
             for (key, o) in keys {
+                if !of_kind.contains_key(key) {
+                    if held >= cap {
+                        capped += o.windows;
+                        continue;
+                    }
+                    held += 1;
+                }
                 let s = of_kind.entry(key.clone()).or_insert_with(|| ItemStats {
                     first_seen: o.first_seen,
                     last_seen: o.last_seen,
@@ -308,6 +360,7 @@ impl ImageProfile {
         c.windows_with_dropped_events += o.windows_with_dropped_events;
         c.windows_capture_paused += o.windows_capture_paused;
         c.windows_started_after_container += o.windows_started_after_container;
+        c.items_capped += o.items_capped + capped;
     }
 
     /// Every item as (kind, key, stats).
@@ -466,6 +519,25 @@ mod tests {
             p.completeness.reasons(),
             vec!["dropped_events", "started_after_container"]
         );
+    }
+
+    /// Past the item cap a new item is counted, not stored; known items keep counting; the
+    /// profile says `item_cap`; merging two profiles keeps the cap.
+    #[test]
+    fn the_item_cap_bounds_a_profile_and_says_so() {
+        let mut p = ImageProfile::default();
+        window(&mut p, "c1", "n1", 0, &[]);
+        for i in 0..5 {
+            p.add_item_within(3, "file_read", &format!("/f{i}"), "c1", (0, S), 1, 1);
+        }
+        assert_eq!(p.item_count(), 3);
+        assert_eq!(p.completeness.items_capped, 2);
+        p.add_item_within(3, "file_read", "/f0", "c1", (0, S), 1, 1);
+        assert_eq!(p.items["file_read"]["/f0"].windows, 2);
+        assert_eq!(p.completeness.reasons(), vec!["item_cap"]);
+        let mut merged = ImageProfile::default();
+        merged.merge(&p);
+        assert_eq!(merged.completeness.items_capped, 2);
     }
 
     #[test]

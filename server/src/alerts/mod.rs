@@ -112,6 +112,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<WatchAnomaliesRequest>,
     ) -> Result<Response<Self::WatchAnomaliesStream>, Status> {
+        let caller = crate::auth::Caller::of(&request);
         let filter = request.into_inner();
         if !filter.image.is_empty() {
             imprint_proto::digest::check_digest(&filter.image)
@@ -141,6 +142,11 @@ impl Alerts for AlertsService {
                 }
             },
         );
-        Ok(Response::new(Box::pin(stream)))
+        let stream = crate::revocation::end_when_token_invalid(
+            self.engine.clone(),
+            caller,
+            Box::pin(stream),
+        );
+        Ok(Response::new(stream))
     }
 }

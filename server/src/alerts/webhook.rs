@@ -30,6 +30,10 @@ use crate::engine::Engine;
 
 /// Anomalies per request.
 pub const MAX_BATCH: usize = 100;
+/// Largest request body: a batch stops short of it (an anomaly's key can be 4 KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most of a receiver's answer read back; a longer one is cut off (the connection is dropped).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Anomalies held for delivery; beyond this the oldest are dropped (and counted).
 pub const MAX_QUEUE: usize = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,25 +52,43 @@ fn client() -> Result<HttpsClient, std::io::Error> {
 }
 
 /// POSTs one batch; `Err` says why it was not accepted.
-async fn post(client: &HttpsClient, url: &str, batch: &[Arc<Anomaly>]) -> Result<(), String> {
-    let body = serde_json::json!({
-        "anomalies": batch.iter().map(|a| to_json(a)).collect::<Vec<_>>(),
-    });
+/// The request body for the first anomalies of `queue`: at most [`MAX_BATCH`] and
+/// [`MAX_BODY_BYTES`] (at least one, so a queue always moves). Returns the body and how many
+/// anomalies it holds.
+fn request_body(queue: &VecDeque<Arc<Anomaly>>) -> (String, usize) {
+    let mut items: Vec<String> = Vec::new();
+    let mut bytes = "{\"anomalies\":[]}".len();
+    for a in queue.iter().take(MAX_BATCH) {
+        let item = to_json(a).to_string();
+        if !items.is_empty() && bytes + item.len() + 1 > MAX_BODY_BYTES {
+            break;
+        }
+        bytes += item.len() + 1;
+        items.push(item);
+    }
+    let n = items.len();
+    (format!("{{\"anomalies\":[{}]}}", items.join(",")), n)
+}
+
+/// POSTs one body; `Err` says why it was not accepted (never with the URL: it is a secret).
+async fn post(client: &HttpsClient, url: &str, body: String) -> Result<(), String> {
     let request = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(
             http::header::USER_AGENT,
             concat!("imprintd/", env!("CARGO_PKG_VERSION")),
         )
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("building the request: {e}"))?;
     let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
         .await
         .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| format!("{e}").replace(url, "<the webhook URL>"))?;
     let status = response.status();
-    // Read the body so the connection can be reused.
-    let _ = response.into_body().collect().await;
+    // Read the answer so the connection can be reused, but only so much of it.
+    let _ = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await;
     if status.is_success() {
         Ok(())
     } else {
@@ -116,22 +138,21 @@ pub async fn run(
             && !queue.is_empty()
             && retry_at.is_none_or(|t| t <= tokio::time::Instant::now());
         if ready {
-            let n = queue.len().min(MAX_BATCH);
-            let batch: Vec<Arc<Anomaly>> = queue.iter().take(n).cloned().collect();
-            match post(&client, &url, &batch).await {
+            let (body, n) = request_body(&queue);
+            match post(&client, &url, body).await {
                 Ok(()) => {
                     queue.drain(..n);
                     stats
                         .webhook_delivered
                         .fetch_add(n as u64, Ordering::Relaxed);
                     if retry_at.take().is_some() {
-                        info!(url, "anomaly webhook delivering again");
+                        info!(url = %settings::redact_url(&url), "anomaly webhook delivering again");
                     }
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
                     stats.webhook_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(url, error = %e, queued = queue.len(), retry_in_s = backoff.as_secs(), "anomaly webhook failed; retrying");
+                    warn!(url = %settings::redact_url(&url), error = %e, queued = queue.len(), retry_in_s = backoff.as_secs(), "anomaly webhook failed; retrying");
                     retry_at = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -46,6 +46,8 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| CliError::Server(format!("reading {}: {e}", path.display())))
 }
 
+/// The `.json` files under `path`. Symlinks inside the tree are not followed (a link loop
+/// or a link out of the tree is skipped, with a warning); the top path itself may be one.
 fn osv_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
@@ -54,6 +56,11 @@ fn osv_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
             .collect();
         entries.sort();
         for e in entries {
+            let is_link = std::fs::symlink_metadata(&e).is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                eprintln!("warning: {}: a symlink; not followed", e.display());
+                continue;
+            }
             if e.is_dir() || e.extension().is_some_and(|x| x == "json") {
                 osv_files(&e, out)?;
             }

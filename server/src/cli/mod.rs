@@ -8,7 +8,7 @@ pub mod output;
 pub mod policy;
 pub mod printable;
 pub mod profile;
-mod zip;
+pub mod zip;
 
 use std::path::PathBuf;
 
@@ -150,6 +150,10 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 30d or 12h. Default: never expires.
         #[arg(long, value_parser = crate::config::parse_duration)]
         expires: Option<std::time::Duration>,
+        /// Bind the token to an agent id (repeatable; agent scope only): Push and
+        /// ReportInventory from any other agent id are refused.
+        #[arg(long = "agent-id")]
+        agent_ids: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,
@@ -269,23 +273,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             name,
             scopes,
             expires,
+            agent_ids,
         }) => {
             let r = admin(channel)?
                 .create_token(CreateTokenRequest {
                     name,
                     scopes,
                     expires_in_seconds: expires.map_or(0, |d| d.as_secs()),
+                    agent_ids,
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             let t = r.token.unwrap_or_default();
             eprintln!(
-                "created token {} ({}) with scopes [{}], expires {}",
+                "created token {} ({}) with scopes [{}], expires {}{}",
                 t.id,
                 t.name,
                 t.scopes.join(", "),
-                micros_text(t.expires_unix_micros)
+                micros_text(t.expires_unix_micros),
+                if t.agent_ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(", only for agent ids [{}]", t.agent_ids.join(", "))
+                }
             );
             eprintln!("the secret is shown only now:");
             println!("{}", r.secret);

@@ -25,10 +25,58 @@ use imprint_query::schema::StoredTable;
 
 /// Rows per frozen chunk.
 pub const CHUNK_ROWS: usize = 32 * 1024;
-/// Estimated bytes per row still in builders (indices, values, hash tables).
+/// Estimated bytes per row still in builders for the fixed-size columns and the dictionary
+/// indices; the strings themselves are counted as they arrive ([`Dict::value_bytes`]).
 const ACTIVE_ROW_BYTES: usize = 64;
+/// Per distinct string in a dictionary builder, besides its bytes: its offset and its entry
+/// in the builder's hash table.
+const DICT_ENTRY_BYTES: usize = 32;
 
-type Dict = StringDictionaryBuilder<Int32Type>;
+/// A string dictionary builder that counts the bytes of the distinct values it holds, so
+/// the buffer's accounting follows the real key sizes (a container can choose 4 KiB paths).
+struct Dict {
+    inner: StringDictionaryBuilder<Int32Type>,
+    distinct: usize,
+    value_bytes: usize,
+}
+
+impl Dict {
+    fn new() -> Self {
+        Self {
+            inner: StringDictionaryBuilder::new(),
+            distinct: 0,
+            value_bytes: 0,
+        }
+    }
+
+    fn count_key(&mut self, key: i32, value: &str) {
+        if key as usize == self.distinct {
+            self.distinct += 1;
+            self.value_bytes += value.len() + DICT_ENTRY_BYTES;
+        }
+    }
+
+    fn append_value(&mut self, value: &str) {
+        self.append_values(value, 1);
+    }
+
+    fn append_values(&mut self, value: &str, n: usize) {
+        let key = self
+            .inner
+            .append_n(value, n)
+            .expect("dictionary key overflow");
+        self.count_key(key, value);
+    }
+
+    /// Bytes of the distinct values (with their per-entry overhead).
+    fn value_bytes(&self) -> usize {
+        self.value_bytes
+    }
+
+    fn finish_cloned(&self) -> DictionaryArray<Int32Type> {
+        self.inner.finish_cloned()
+    }
+}
 
 /// The in-memory schema of a table: its SQL schema with strings dictionary-encoded.
 pub fn buffer_schema(table: StoredTable) -> SchemaRef {
@@ -87,6 +135,19 @@ struct FingerprintRows {
 }
 
 impl FingerprintRows {
+    fn string_bytes(&self) -> usize {
+        [
+            &self.node,
+            &self.container_id,
+            &self.image_name,
+            &self.kind,
+            &self.key,
+        ]
+        .iter()
+        .map(|d| d.value_bytes())
+        .sum()
+    }
+
     fn new() -> Self {
         Self {
             time: ts(),
@@ -159,6 +220,13 @@ struct WindowRows {
 }
 
 impl WindowRows {
+    fn string_bytes(&self) -> usize {
+        [&self.node, &self.container_id, &self.image_name]
+            .iter()
+            .map(|d| d.value_bytes())
+            .sum()
+    }
+
     fn new() -> Self {
         Self {
             time: ts(),
@@ -235,6 +303,22 @@ struct AnomalyRows {
 }
 
 impl AnomalyRows {
+    fn string_bytes(&self) -> usize {
+        [
+            &self.node,
+            &self.container_id,
+            &self.image_name,
+            &self.kind,
+            &self.key,
+            &self.policy,
+            &self.severity,
+            &self.confidence,
+        ]
+        .iter()
+        .map(|d| d.value_bytes())
+        .sum()
+    }
+
     fn new() -> Self {
         Self {
             time: ts(),
@@ -344,6 +428,9 @@ impl Partition {
     fn bytes(&self) -> usize {
         self.frozen.bytes
             + (self.fingerprints.rows + self.windows.rows + self.anomalies.rows) * ACTIVE_ROW_BYTES
+            + self.fingerprints.string_bytes()
+            + self.windows.string_bytes()
+            + self.anomalies.string_bytes()
     }
 
     fn freeze(&mut self, image: &str) {

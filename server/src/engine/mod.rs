@@ -22,7 +22,7 @@ pub mod parquet;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
@@ -52,7 +52,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::alerts::AlertStats;
-use crate::dedup::AppliedSeqs;
+use crate::dedup::{AppliedSeqs, Seen};
 use crate::validate::{Invalid, drop_oversized_keys, validate_batch};
 use crate::wal::{Wal, WalError};
 use buffer::{Buffer, PersistJob};
@@ -72,6 +72,8 @@ pub struct EngineConfig {
     pub persist_check_interval: Duration,
     /// An image's profile summaries are merged into one when it has this many.
     pub summary_rollup_parts: usize,
+    /// A window that started longer ago than this is refused (`--max-window-age`).
+    pub max_window_age: Duration,
 }
 
 impl EngineConfig {
@@ -84,6 +86,7 @@ impl EngineConfig {
             persist_age: Duration::from_secs(300),
             persist_check_interval: Duration::from_secs(1),
             summary_rollup_parts: 24,
+            max_window_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -127,6 +130,17 @@ pub enum IngestError {
     WalFailed(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error(
+        "batch seq {seq} of agent {agent:?} is below the oldest seq the server still tells \
+         apart ({floor}; last applied {last}): the agent's clock stepped back, or two agents \
+         share this id. Renumber the batch above {last} and send it again"
+    )]
+    SeqBehind {
+        agent: String,
+        seq: u64,
+        floor: u64,
+        last: u64,
+    },
 }
 
 struct WriteRequest {
@@ -266,6 +280,8 @@ struct Shared {
     /// Every anomaly found at ingest, as it is found.
     anomalies: tokio::sync::broadcast::Sender<Arc<Anomaly>>,
     alert_stats: Arc<AlertStats>,
+    /// Batches refused as [`IngestError::SeqBehind`] since start.
+    seq_behind: AtomicU64,
 }
 
 pub struct Engine {
@@ -300,6 +316,8 @@ pub struct EngineStats {
     pub catalog_seq: u64,
     pub wal_segments: usize,
     pub wal_failed: bool,
+    /// Batches refused since start because their seq was below the agent's floor.
+    pub seq_behind_refused: u64,
 }
 
 impl Engine {
@@ -401,6 +419,7 @@ impl Engine {
             max_buffer_bytes: config.max_buffer_bytes,
             anomalies: tokio::sync::broadcast::Sender::new(ANOMALY_CHANNEL),
             alert_stats: Arc::default(),
+            seq_behind: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer_shared = shared.clone();
@@ -455,7 +474,11 @@ impl Engine {
             );
         }
         let encoded = batch.encode_to_vec();
-        validate_batch(&batch, encoded.len(), now_micros()).map_err(IngestError::Invalid)?;
+        let oldest = now_micros().saturating_sub(
+            i64::try_from(self.config.max_window_age.as_micros()).unwrap_or(i64::MAX),
+        );
+        validate_batch(&batch, encoded.len(), now_micros(), oldest)
+            .map_err(IngestError::Invalid)?;
         let used = self.shared.buffer_bytes.load(Ordering::Relaxed);
         if used >= self.config.max_buffer_bytes {
             self.shared.persist_wanted.notify_one();
@@ -795,6 +818,11 @@ impl Engine {
         Ok(profile)
     }
 
+    /// Whether a batch of `agent_id` was ever applied (the agent is known).
+    pub fn knows_agent(&self, agent_id: &str) -> bool {
+        self.shared.applied.lock().knows(agent_id)
+    }
+
     pub fn stats(&self) -> EngineStats {
         let live = self.shared.live.read();
         EngineStats {
@@ -804,6 +832,7 @@ impl Engine {
             catalog_seq: live.catalog.seq,
             wal_segments: self.shared.wal.lock().segment_count(),
             wal_failed: self.shared.wal_failed.load(Ordering::Relaxed),
+            seq_behind_refused: self.shared.seq_behind.load(Ordering::Relaxed),
         }
     }
 
@@ -1013,12 +1042,25 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
             let applied = shared.applied.lock();
             let mut in_group = HashSet::new();
             for r in group {
-                let id = (r.batch.agent_id.clone(), r.batch.seq);
-                if applied.contains(&id.0, id.1) || !in_group.insert(id) {
+                let (agent, seq) = (&r.batch.agent_id, r.batch.seq);
+                let seen = applied.seen(agent, seq);
+                if let Seen::Behind { floor } = seen {
+                    shared.seq_behind.fetch_add(1, Ordering::Relaxed);
+                    let last = applied.last(agent);
+                    warn!(%agent, seq, floor, last, "batch seq below the agent's floor refused: clock step back or shared agent id");
+                    let error = IngestError::SeqBehind {
+                        agent: agent.clone(),
+                        seq,
+                        floor,
+                        last,
+                    };
+                    let _ = r.reply.send(Err(error));
+                } else if seen == Seen::Duplicate || !in_group.insert((agent.clone(), seq)) {
                     let ack = PushAck {
-                        seq: r.batch.seq,
+                        seq,
                         duplicate: true,
                         items_accepted: 0,
+                        agent_last_seq: applied.last(agent).max(seq),
                     };
                     let _ = r.reply.send(Ok(ack));
                 } else {
@@ -1044,12 +1086,16 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
                 continue;
             }
         };
-        {
+        let agent_lasts: Vec<u64> = {
             let mut applied = shared.applied.lock();
             for r in &fresh {
                 applied.insert(&r.batch.agent_id, r.batch.seq);
             }
-        }
+            fresh
+                .iter()
+                .map(|r| applied.last(&r.batch.agent_id))
+                .collect()
+        };
         let mut items = Vec::with_capacity(fresh.len());
         let mut anomalies = Vec::new();
         let bytes = {
@@ -1089,11 +1135,12 @@ fn run_writer(mut rx: mpsc::Receiver<WriteRequest>, shared: &Shared) {
         if bytes >= shared.max_buffer_bytes / 4 * 3 {
             shared.persist_wanted.notify_one();
         }
-        for (r, n) in fresh.into_iter().zip(items) {
+        for ((r, n), agent_last_seq) in fresh.into_iter().zip(items).zip(agent_lasts) {
             let _ = r.reply.send(Ok(PushAck {
                 seq: r.batch.seq,
                 duplicate: false,
                 items_accepted: n,
+                agent_last_seq,
             }));
         }
     }

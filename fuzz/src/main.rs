@@ -24,6 +24,43 @@ use rand::{Rng, SeedableRng};
 
 /// Most inputs kept in one target's corpus.
 const MAX_CORPUS: usize = 256;
+/// A run longer than this is a finding (a hang): the input is saved and the process exits,
+/// since a stuck parser cannot be interrupted.
+const HANG_AFTER: Duration = Duration::from_secs(20);
+
+/// The input now running, for the hang watchdog.
+struct Running {
+    target: &'static str,
+    input: Vec<u8>,
+    since: Instant,
+}
+
+static RUNNING: std::sync::Mutex<Option<Running>> = std::sync::Mutex::new(None);
+
+/// Watches the input now running; saves it as `hang-<hash>` and exits when it runs too long.
+fn start_watchdog(crashes: PathBuf) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let guard = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = guard.as_ref()
+                && r.since.elapsed() > HANG_AFTER
+            {
+                let dir = crashes.join(r.target);
+                let _ = std::fs::create_dir_all(&dir);
+                let path = dir.join(format!("hang-{:016x}", hash(&r.input)));
+                let _ = std::fs::write(&path, &r.input);
+                println!(
+                    "{}: FINDING one input ran over {} s (a hang); saved as {}",
+                    r.target,
+                    HANG_AFTER.as_secs(),
+                    path.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Mutation fuzzing of Imprint's parsers, each target for a fixed time")]
@@ -77,7 +114,14 @@ fn hash(bytes: &[u8]) -> u64 {
 
 /// Runs one input; `Err` is a finding (panic message or oracle).
 fn run_one(target: &mut dyn targets::Target, input: &[u8]) -> Result<String, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| target.run(input))) {
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+        target: target.name(),
+        input: input.to_vec(),
+        since: Instant::now(),
+    });
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| target.run(input)));
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    match outcome {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic
@@ -189,6 +233,7 @@ fn main() {
     // Panics are caught and reported per input; the default hook would print each one.
     std::panic::set_hook(Box::new(|_| {}));
     let mut rng = StdRng::seed_from_u64(args.seed);
+    start_watchdog(args.crashes.clone());
     let mut all = targets::all();
     let known: Vec<&str> = all.iter().map(|t| t.name()).collect();
     for t in &args.targets {

@@ -342,7 +342,8 @@ impl Target for Zip {
     fn run(&mut self, input: &[u8]) -> Result<String, String> {
         use imprint_server::cli::zip;
         match zip::members(input, ".json") {
-            Err(e) => Ok(class("error", &e)),
+            // Errors start with the member's name, which mutations change at will.
+            Err(e) => Ok(class("error", e.rsplit(": ").next().unwrap_or(&e))),
             Ok(members) => {
                 if let Some((name, _)) = members
                     .iter()

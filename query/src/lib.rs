@@ -8,6 +8,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bounded;
 pub mod catalog;
 pub mod error;
 pub mod file_scan;

@@ -127,6 +127,7 @@ pub fn new_session(
         .with_table_factories(HashMap::new())
         .build();
     let ctx = SessionContext::new_with_state(state);
+    crate::bounded::bound_functions(&ctx);
     for t in StoredTable::ALL {
         ctx.register_table(t.name(), Arc::new(ImprintTable::new(t, source.clone())))?;
     }

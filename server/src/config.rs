@@ -149,6 +149,12 @@ pub struct ServeArgs {
     )]
     pub max_new_agents_per_token_per_hour: usize,
 
+    /// Most bytes one call of a function whose output size the query chooses (`repeat`,
+    /// `lpad`, `rpad`) may produce: such a call allocates inside one
+    /// step of the query, out of reach of the memory limit and the timeout.
+    #[arg(long, env = "IMPRINT_MAX_FUNCTION_OUTPUT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_function_output_bytes: u64,
+
     /// Most distinct items one image profile holds; items first seen past it are counted
     /// (the profile's `incomplete_reasons` says `item_cap`) but not stored.
     #[arg(long, env = "IMPRINT_MAX_PROFILE_ITEMS", default_value_t = imprint_query::profile::DEFAULT_MAX_PROFILE_ITEMS)]

@@ -89,6 +89,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     config.wal_segment_bytes = args.wal_segment_bytes;
     config.summary_rollup_parts = args.summary_rollup_parts as usize;
     config.max_window_age = args.max_window_age;
+    imprint_query::bounded::MAX_FUNCTION_OUTPUT_BYTES.store(
+        args.max_function_output_bytes,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Before the profiles are rebuilt at open.
     imprint_query::profile::MAX_PROFILE_ITEMS
         .store(args.max_profile_items, std::sync::atomic::Ordering::Relaxed);

@@ -15,6 +15,14 @@ use imprint_proto::ingest_v1::{FingerprintBatch, PushAck};
 use tonic::transport::Channel;
 
 /// The workspace root.
+/// The wall clock in microseconds since the epoch (what window times are in).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_micros() as i64
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

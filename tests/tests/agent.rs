@@ -257,6 +257,22 @@ async fn strace_finds_nothing_missing(s: &Scenario, mut agent: Agent) -> f64 {
     spilled
 }
 
+/// A podman service, a server and an agent (1 s windows) watching that podman, as `node`.
+async fn podman_node(dir: &Path, node: &str) -> (PodmanService, Imprintd, Agent) {
+    let service = PodmanService::start(dir);
+    let server = Imprintd::start(&dir.join("data"), &[]);
+    let token = agent_token_file(&server, dir).await;
+    let socket = service.socket.display().to_string();
+    let agent = Agent::start(
+        &server.grpc_url(),
+        &token,
+        dir,
+        node,
+        &["--window", "1s", "--runtime-socket", &socket],
+    );
+    (service, server, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_containers_are_attributed_to_their_image_and_nothing_else() {
     let Some(()) = require_ebpf("agent: podman attribution") else {
@@ -265,17 +281,7 @@ async fn podman_containers_are_attributed_to_their_image_and_nothing_else() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let image = workload_image();
-    let service = PodmanService::start(dir.path());
-    let server = Imprintd::start(&dir.path().join("data"), &[]);
-    let token = agent_token_file(&server, dir.path()).await;
-    let socket = service.socket.display().to_string();
-    let mut agent = Agent::start(
-        &server.grpc_url(),
-        &token,
-        dir.path(),
-        "node-p",
-        &["--window", "1s", "--runtime-socket", &socket],
-    );
+    let (_service, server, mut agent) = podman_node(dir.path(), "node-p").await;
 
     let pid = std::process::id();
     // Markers with separators: a run of letters and digits would be folded as a generated name.
@@ -1162,17 +1168,7 @@ async fn a_container_cannot_take_another_containers_identity() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let _image = workload_image();
-    let service = PodmanService::start(dir.path());
-    let server = Imprintd::start(&dir.path().join("data"), &[]);
-    let token = agent_token_file(&server, dir.path()).await;
-    let socket = service.socket.display().to_string();
-    let mut agent = Agent::start(
-        &server.grpc_url(),
-        &token,
-        dir.path(),
-        "node-s",
-        &["--window", "1s", "--runtime-socket", &socket],
-    );
+    let (_service, server, mut agent) = podman_node(dir.path(), "node-s").await;
     let pid = std::process::id();
     let (name_a, name_b) = (
         format!("imprint-victim-{pid}"),
@@ -1215,9 +1211,15 @@ async fn a_container_cannot_take_another_containers_identity() {
         );
     }
     // The spoof took: inside its namespace, B's processes ran in a cgroup named like A's.
-    let logs = podman().args(["logs", &id_b]).output().expect("podman logs");
+    let logs = podman()
+        .args(["logs", &id_b])
+        .output()
+        .expect("podman logs");
     let cgroup = String::from_utf8_lossy(&logs.stdout).to_string();
-    assert!(cgroup.contains(&format!("libpod-{id_a}.scope")), "B's cgroup: {cgroup}");
+    assert!(
+        cgroup.contains(&format!("libpod-{id_a}.scope")),
+        "B's cgroup: {cgroup}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     agent.stop();
     let _ = podman().args(["rm", "-f", &name_a, &name_b]).output();

@@ -18,12 +18,7 @@ use imprint_proto::ingest_v1::ingest_client::IngestClient;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, Item, ItemKind};
 use tonic::Code;
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
+use imprint_e2e::now_micros;
 
 fn fingerprint(container: &str, window_end: i64) -> Fingerprint {
     Fingerprint {
@@ -236,6 +231,39 @@ async fn a_seq_below_the_floor_is_refused_not_dropped_as_a_duplicate() {
     );
 }
 
+/// Runs the agent's real shipper for one fingerprint of `container`, as `agent_id` whose spool
+/// says its last seq was `last_seq`, until it has shipped; returns how many batches it
+/// renumbered.
+async fn ship_one(
+    server: &Imprintd,
+    dir: &std::path::Path,
+    token: String,
+    agent_id: &str,
+    last_seq: u64,
+    container: &str,
+) -> u64 {
+    let spool_dir = dir.join(format!("spool-{agent_id}"));
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    std::fs::write(spool_dir.join("last-seq"), last_seq.to_string()).unwrap();
+    let spool = Spool::open(&spool_dir, 64 << 20).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let config = ShipperConfig {
+        server: server.grpc_url(),
+        ca_cert: None,
+        token,
+        agent_id: agent_id.into(),
+    };
+    let shipper = Shipper::new(config, spool, metrics.clone());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(vec![fingerprint(container, now_micros() - 1_000_000)])
+        .unwrap();
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(60), shipper.run(rx))
+        .await
+        .expect("the shipper finishes");
+    metrics.batches_renumbered.load(Ordering::Relaxed)
+}
+
 /// The agent's side: a new batch that collides with seqs the server has (another agent with
 /// this id, or a clock stepped back with the spool lost) is renumbered above the server's
 /// last seq and stored — counted, not lost.
@@ -243,7 +271,6 @@ async fn a_seq_below_the_floor_is_refused_not_dropped_as_a_duplicate() {
 async fn the_agent_renumbers_a_colliding_batch_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let server = Imprintd::start(&dir.path().join("data"), &[]);
-    let token = create_token(&server, &["agent"], &[]).await;
     // "Another run" of node-1 used seqs far ahead of this clock.
     let ahead = now_micros() as u64 + 1_000_000_000_000;
     for seq in ahead + 1..=ahead + 3 {
@@ -251,26 +278,9 @@ async fn the_agent_renumbers_a_colliding_batch_and_nothing_is_lost() {
     }
     // This run's spool says its last seq was `ahead`: its first new batch is `ahead + 1`,
     // which the server has already.
-    let spool_dir = dir.path().join("spool");
-    std::fs::create_dir_all(&spool_dir).unwrap();
-    std::fs::write(spool_dir.join("last-seq"), ahead.to_string()).unwrap();
-    let spool = Spool::open(&spool_dir, 64 << 20).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let config = ShipperConfig {
-        server: server.grpc_url(),
-        ca_cert: None,
-        token,
-        agent_id: "node-1".into(),
-    };
-    let shipper = Shipper::new(config, spool, metrics.clone());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(vec![fingerprint("after", now_micros() - 1_000_000)])
-        .unwrap();
-    drop(tx);
-    tokio::time::timeout(std::time::Duration::from_secs(60), shipper.run(rx))
-        .await
-        .expect("the shipper finishes");
-    assert_eq!(metrics.batches_renumbered.load(Ordering::Relaxed), 1);
+    let token = create_token(&server, &["agent"], &[]).await;
+    let renumbered = ship_one(&server, dir.path(), token, "node-1", ahead, "after").await;
+    assert_eq!(renumbered, 1);
     assert_eq!(
         server
             .scalar_i64("SELECT count(*) FROM windows WHERE container_id = 'after'")
@@ -285,26 +295,9 @@ async fn the_agent_renumbers_a_colliding_batch_and_nothing_is_lost() {
             .await
             .unwrap();
     }
-    let spool_dir = dir.path().join("spool2");
-    std::fs::create_dir_all(&spool_dir).unwrap();
-    std::fs::write(spool_dir.join("last-seq"), ahead.to_string()).unwrap();
-    let spool = Spool::open(&spool_dir, 64 << 20).unwrap();
-    let config = ShipperConfig {
-        server: server.grpc_url(),
-        ca_cert: None,
-        token: create_token(&server, &["agent"], &[]).await,
-        agent_id: "node-2".into(),
-    };
-    let metrics = Arc::new(Metrics::default());
-    let shipper = Shipper::new(config, spool, metrics.clone());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(vec![fingerprint("after-2", now_micros() - 1_000_000)])
-        .unwrap();
-    drop(tx);
-    tokio::time::timeout(std::time::Duration::from_secs(60), shipper.run(rx))
-        .await
-        .expect("the shipper finishes");
-    assert_eq!(metrics.batches_renumbered.load(Ordering::Relaxed), 1);
+    let token = create_token(&server, &["agent"], &[]).await;
+    let renumbered = ship_one(&server, dir.path(), token, "node-2", ahead, "after-2").await;
+    assert_eq!(renumbered, 1);
     assert_eq!(server.healthz()["engine"]["seq_behind_refused"], 1);
     assert_eq!(
         server

@@ -5,12 +5,7 @@ use imprint_bench::{Fleet, FleetSpec};
 use imprint_e2e::{Imprintd, count_sum, item_count, rows_as_text};
 use imprint_proto::ingest_v1::{Completeness, Fingerprint, FingerprintBatch, Item, ItemKind};
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
+use imprint_e2e::now_micros;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pushed_rows_come_back_exactly_and_are_visible_at_once() {

@@ -20,12 +20,7 @@ const PUSHED: u64 = 16 * MAX_BUFFER;
 /// old accounting (64 B a row) would have let the buffer alone hold the whole gigabyte.
 const OVERHEAD_OVER_IDLE: u64 = 4 * MAX_BUFFER + 64 * MIB;
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
+use imprint_e2e::now_micros;
 
 /// The process's peak and current resident set, in bytes (`VmHWM`, `VmRSS`).
 fn rss(pid: u32) -> (u64, u64) {

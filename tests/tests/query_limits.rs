@@ -250,3 +250,34 @@ async fn prepared_statements_are_bounded_per_token_and_in_total() {
         status.message()
     );
 }
+
+/// Functions whose output size the query chooses cannot build more than
+/// --max-function-output-bytes in one call (found by the `sql` fuzz target: `repeat('x',
+/// 1000000000)` allocated a gigabyte inside one step, past the memory limit and the timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn size_choosing_functions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Imprintd::start(
+        &dir.path().join("data"),
+        &["--max-function-output-bytes", "1MiB"],
+    );
+    for sql in [
+        "SELECT repeat('x', 1000000000)",
+        "SELECT lpad('x', 1000000000)",
+        "SELECT rpad('x', 1000000000, 'y')",
+        // Per row too: 1000 rows of 2 KiB each is 2 MB.
+        "SELECT length(repeat('xx', 1024 + value % 2)) FROM generate_series(1, 1000)",
+    ] {
+        let started = std::time::Instant::now();
+        let status = status_of(server.try_sql(sql).await.unwrap_err());
+        println!("{sql}: refused in {:?}", started.elapsed());
+        assert!(
+            status.message().contains("--max-function-output-bytes"),
+            "{sql}: {status:?}"
+        );
+    }
+    assert_eq!(
+        server.scalar_i64("SELECT length(repeat('ab', 1000))").await,
+        2000
+    );
+}

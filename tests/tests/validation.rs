@@ -7,12 +7,7 @@ use imprint_e2e::Imprintd;
 use imprint_proto::ingest_v1::{Fingerprint, FingerprintBatch, Item, ItemKind};
 use tonic::Code;
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
+use imprint_e2e::now_micros;
 
 fn fingerprint(n: usize) -> Fingerprint {
     let end = now_micros() - 1_000_000;

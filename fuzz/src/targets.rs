@@ -416,6 +416,7 @@ impl Sql {
             max_concurrent: 1,
             max_result_bytes: 16 << 20,
             max_sql_bytes: 64 << 10,
+            max_subscript_depth: imprint_server::query::DEFAULT_MAX_SUBSCRIPT_DEPTH,
         };
         let runner = QueryRunner::new(engine.session().clone(), limits);
         Self {

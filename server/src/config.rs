@@ -149,6 +149,11 @@ pub struct ServeArgs {
     )]
     pub max_new_agents_per_token_per_hour: usize,
 
+    /// Deepest nesting of `[` in a query's SQL; deeper is INVALID_ARGUMENT before parsing (the
+    /// SQL parser's time doubles with each level of `a.b[…`).
+    #[arg(long, env = "IMPRINT_MAX_SQL_SUBSCRIPT_DEPTH", default_value_t = crate::query::DEFAULT_MAX_SUBSCRIPT_DEPTH)]
+    pub max_sql_subscript_depth: usize,
+
     /// Most bytes one call of a function whose output size the query chooses (`repeat`,
     /// `lpad`, `rpad`) may produce: such a call allocates inside one
     /// step of the query, out of reach of the memory limit and the timeout.

@@ -139,6 +139,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         max_concurrent: args.max_concurrent_queries,
         max_result_bytes: args.max_result_bytes,
         max_sql_bytes: args.max_sql_bytes as usize,
+        max_subscript_depth: args.max_sql_subscript_depth,
     };
     let prepared_limits = PreparedLimits {
         total: args.max_prepared_statements,

@@ -133,22 +133,8 @@ impl Auth {
         let Some(t) = state.tokens.values().find(|t| t.sha256 == hash) else {
             return Err(AuthError::Unauthenticated("unknown token".into()));
         };
-        if t.revoked {
-            return Err(AuthError::Unauthenticated(format!(
-                "token {} ({}) was revoked",
-                t.id, t.name
-            )));
-        }
-        if let Some(exp) = t.expires_micros
-            && exp <= now_micros()
-        {
-            let when = chrono::DateTime::from_timestamp_micros(exp)
-                .map(|d| d.to_rfc3339())
-                .unwrap_or_default();
-            return Err(AuthError::Unauthenticated(format!(
-                "token {} ({}) expired at {when}",
-                t.id, t.name
-            )));
+        if let Some(problem) = no_longer_valid(t) {
+            return Err(AuthError::Unauthenticated(problem));
         }
         let has = |s: Scope| t.scopes.iter().any(|x| x == s.name());
         if !has(scope) && !has(Scope::Admin) {
@@ -162,6 +148,18 @@ impl Auth {
         }
         Ok(t.clone())
     }
+}
+
+/// Why a stored token no longer admits anyone (revoked, expired), if so.
+pub fn no_longer_valid(t: &TokenRecord) -> Option<String> {
+    if t.revoked {
+        return Some(format!("token {} ({}) was revoked", t.id, t.name));
+    }
+    let exp = t.expires_micros.filter(|&exp| exp <= now_micros())?;
+    let when = chrono::DateTime::from_timestamp_micros(exp)
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_default();
+    Some(format!("token {} ({}) expired at {when}", t.id, t.name))
 }
 
 /// Who sent a gRPC request, as [`GrpcAuthLayer`] found: a request extension, so handlers can

@@ -137,6 +137,11 @@ const MAX_FILES: usize = 1_000_000;
 const MAX_SYMLINKS: usize = 100_000;
 const MAX_TEXT: usize = 4096;
 
+/// A path an inventory may hold: absolute, at most [`MAX_TEXT`] bytes, no NUL.
+fn is_inventory_path(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= MAX_TEXT && !p.contains('\0')
+}
+
 /// Checks a report and turns it into an inventory; the error names the field.
 fn validate_inventory(r: &InventoryReport) -> Result<Inventory, String> {
     imprint_proto::digest::check_digest(&r.image).map_err(|e| format!("image: {e}"))?;
@@ -165,7 +170,7 @@ fn validate_inventory(r: &InventoryReport) -> Result<Inventory, String> {
         text("purl", &p.purl, false)?;
         text("source_package", &p.source_package, false)?;
         for (j, f) in p.files.iter().enumerate() {
-            if !f.starts_with('/') || f.len() > MAX_TEXT || f.contains('\0') {
+            if !is_inventory_path(f) {
                 return Err(format!(
                     "packages[{i}].files[{j}]: not an absolute path: {f:?}"
                 ));
@@ -190,9 +195,8 @@ fn validate_inventory(r: &InventoryReport) -> Result<Inventory, String> {
             r.symlinks.len()
         ));
     }
-    let is_path = |p: &str| p.starts_with('/') && p.len() <= MAX_TEXT && !p.contains('\0');
     for (alias, target) in &r.symlinks {
-        if !is_path(alias) || !is_path(target) {
+        if !is_inventory_path(alias) || !is_inventory_path(target) {
             let cut = |p: &str| p.chars().take(80).collect::<String>();
             return Err(format!(
                 "symlinks: {:?} -> {:?}: both must be absolute paths of at most {MAX_TEXT} bytes",

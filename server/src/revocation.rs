@@ -20,11 +20,7 @@ fn invalid_reason(engine: &Engine, caller: &Caller) -> Option<String> {
     let state = engine.catalog_state();
     match state.tokens.get(id) {
         None => Some(format!("token {id} no longer exists")),
-        Some(t) if t.revoked => Some(format!("token {id} ({}) was revoked", t.name)),
-        Some(t) if t.expires_micros.is_some_and(|e| e <= now_micros()) => {
-            Some(format!("token {id} ({}) expired", t.name))
-        }
-        Some(_) => None,
+        Some(t) => crate::auth::no_longer_valid(t),
     }
 }
 

@@ -474,11 +474,11 @@ impl Engine {
             );
         }
         let encoded = batch.encode_to_vec();
-        let oldest = now_micros().saturating_sub(
+        let now = now_micros();
+        let oldest = now.saturating_sub(
             i64::try_from(self.config.max_window_age.as_micros()).unwrap_or(i64::MAX),
         );
-        validate_batch(&batch, encoded.len(), now_micros(), oldest)
-            .map_err(IngestError::Invalid)?;
+        validate_batch(&batch, encoded.len(), now, oldest).map_err(IngestError::Invalid)?;
         let used = self.shared.buffer_bytes.load(Ordering::Relaxed);
         if used >= self.config.max_buffer_bytes {
             self.shared.persist_wanted.notify_one();
